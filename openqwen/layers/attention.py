@@ -1,0 +1,106 @@
+"""Attention over a paged KV cache.
+
+The model runner builds one `AttentionContext` per step and passes it down explicitly. Every step is
+a flat batch of sequences: sequence i contributes `query_lens[i]` new tokens whose positions are the
+last ones of its `context_lens[i]` cached tokens. Decode is the case query_len == 1.
+
+The KV cache of a layer is two tensors [num_blocks, block_size, kv_heads, head_dim]; a token's
+slot is block_id * block_size + offset. This module writes the new keys/values into their slots,
+then attends each query to its sequence's context (causal within the new tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AttentionContext:
+    slot_mapping: torch.Tensor | None  # [T] int64: cache slot of each new token; None: no cache (scoring)
+    block_tables: torch.Tensor  # [B, max_blocks] int64 (padded with 0)
+    context_lens: torch.Tensor  # [B] int64: tokens in cache after this step (cached + new)
+    query_lens: list[int]  # host copy, per sequence
+    context_lens_host: list[int]  # host copy of context_lens
+    block_size: int
+
+    @property
+    def decode_only(self) -> bool:
+        return all(n == 1 for n in self.query_lens)
+
+
+class Attention(nn.Module):
+    """Cache write + scaled dot-product attention with grouped KV heads (GQA)."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim ** -0.5
+        self.k_cache = torch.empty(0)  # set by the model runner
+        self.v_cache = torch.empty(0)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """q [T, H, d], k/v [T, Hkv, d] -> [T, H*d]."""
+        use_cache = ctx.slot_mapping is not None and self.k_cache.numel() > 0
+        if use_cache:
+            self.k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, k)
+            self.v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, v)
+        if use_cache and ctx.decode_only:
+            out = self._decode(q, ctx)
+        else:
+            out = self._prefill(q, k, v, ctx)
+        return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+
+    def _gather(self, cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+        """A sequence's first `length` cached rows: [length, Hkv, d]."""
+        blocks = -(-length // cache.shape[1])
+        return cache[block_table[:blocks]].flatten(0, 1)[:length]
+
+    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """One SDPA call per sequence; a sequence with a cached prefix reads its keys from the cache."""
+        outputs, start = [], 0
+        for i, (q_len, ctx_len) in enumerate(zip(ctx.query_lens, ctx.context_lens_host)):
+            qi = q[start:start + q_len]
+            if ctx_len == q_len:
+                ki, vi = k[start:start + q_len], v[start:start + q_len]
+            else:
+                ki = self._gather(self.k_cache, ctx.block_tables[i], ctx_len)
+                vi = self._gather(self.v_cache, ctx.block_tables[i], ctx_len)
+            outputs.append(self._sdpa(qi, ki, vi, causal_offset=ctx_len - q_len))
+            start += q_len
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal_offset: int) -> torch.Tensor:
+        """q [L, H, d], k/v [S, Hkv, d]; query i sees keys j <= i + causal_offset."""
+        group = self.num_heads // self.num_kv_heads
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # heads first
+        if group > 1:
+            k = k.repeat_interleave(group, dim=0)
+            v = v.repeat_interleave(group, dim=0)
+        if causal_offset == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            rows = torch.arange(q.shape[1], device=q.device)[:, None] + causal_offset
+            mask = torch.arange(k.shape[1], device=q.device)[None, :] <= rows
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return out.transpose(0, 1)
+
+    def _decode(self, q: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """One query per sequence against its padded context: grouped matmuls, softmax in fp32."""
+        batch, group = q.shape[0], self.num_heads // self.num_kv_heads
+        max_len = max(ctx.context_lens_host)
+        blocks = -(-max_len // ctx.block_size)
+        table = ctx.block_tables[:, :blocks]
+        # [B, S, Hkv, d] -> [B, Hkv, S, d]
+        k = self.k_cache[table].flatten(1, 2)[:, :max_len].transpose(1, 2)
+        v = self.v_cache[table].flatten(1, 2)[:, :max_len].transpose(1, 2)
+        qg = q.view(batch, self.num_kv_heads, group, self.head_dim)
+        scores = torch.matmul(qg, k.transpose(-1, -2)).float() * self.scale  # [B, Hkv, g, S]
+        if batch > 1 or max_len != ctx.context_lens_host[0]:
+            pad = torch.arange(max_len, device=q.device)[None, :] >= ctx.context_lens[:, None]
+            scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+        probs = scores.softmax(dim=-1).to(v.dtype)
+        return torch.matmul(probs, v).view(batch, self.num_heads, self.head_dim)
