@@ -62,7 +62,7 @@ class LLM:
     # -- chat -------------------------------------------------------------------------------
     def apply_chat_template(self, messages: Messages, tools: list[dict] | None = None, add_generation_prompt: bool = True,
                             chat_template_kwargs: dict[str, Any] | None = None) -> str:
-        return self.tokenizer.apply_chat_template(
+        return self.tokenizer.render_chat(
             messages, tools=tools, add_generation_prompt=add_generation_prompt, **(chat_template_kwargs or {})
         )
 
