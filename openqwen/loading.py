@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from .config import ModelArgs
+from .kernels.quant import SUPPORTED_TYPES, QuantLinear
+from .kernels.quant_embedding import QuantEmbedding
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner, kv_bytes_per_token
 from .registry import resolve_model
 from .tokenizer.tokenizer import Tokenizer
 from .weights.errors import WeightsError
-from .weights.gguf import GGUFFile
+from .weights.gguf import GGUFFile, GGUFTensor
 from .weights.loader import build_from_checkpoint
 from .weights.safetensors_dir import SafetensorsDir
 
@@ -30,6 +34,10 @@ FAMILY_SAMPLING = {
     "qwen3": dict(temperature=0.6, top_p=0.95, top_k=20),
 }
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+QUANTIZE_MODES = (None, "none", "q8_0", "q4_k")
+_DENSE_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+# Layers kept dense: the MoE routers are tiny and decide which experts run, so they stay exact.
+_KEEP_DENSE = re.compile(r"(\.mlp\.gate|shared_expert_gate)$")
 
 
 @dataclass
@@ -76,7 +84,12 @@ def open_checkpoint(path: Path) -> SafetensorsDir | GGUFFile:
 def load_model(model: str, device: str | None = None, dtype: str | None = None, *, max_model_len: int | None = None,
                max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, block_size: int = 16,
                kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.9,
-               enable_prefix_caching: bool = True) -> LoadedModel:
+               enable_prefix_caching: bool = True, quantize: str | None = None) -> LoadedModel:
+    """`quantize`: None keeps GGUF-quantized weights quantized on the CPU (our kernels) and dense
+    weights dense; "none" dequantizes everything to `dtype`; "q8_0" / "q4_k" quantize the dense
+    linear weights of any checkpoint for the CPU kernels."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {quantize!r}; use one of none, q8_0, q4_k")
     path = resolve_model(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -96,7 +109,8 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
     eos_ids = sorted({*([eos] if isinstance(eos, int) else eos or []), *args.eos_token_id})
     if not eos_ids and tokenizer.eos_token_id is not None:
         eos_ids = [tokenizer.eos_token_id]
-    net = build_from_checkpoint(args, tensors, path, dev, torch_dtype, total)
+    replacer = _quantized_module_factory(quantize, dev, torch_dtype)
+    net = build_from_checkpoint(args, tensors, path, dev, torch_dtype, total, replacer)
 
     max_len = min(max_model_len or args.max_position_embeddings, args.max_position_embeddings)
     num_blocks = _num_kv_blocks(net, dev, torch_dtype, block_size, max_len, kv_cache_gb, gpu_memory_utilization)
@@ -131,3 +145,30 @@ def _num_kv_blocks(model: nn.Module, device: torch.device, dtype: torch.dtype, b
             )
         blocks = needed
     return blocks
+
+
+def _quantized_module_factory(quantize: str | None, device: torch.device, dtype: torch.dtype):
+    """The loader's module-surgery hook: which weights become QuantLinear / QuantEmbedding.
+
+    Quantized kernels run on the CPU only; on a GPU everything is dequantized to `dtype`.
+    """
+    if quantize == "none" or device.type != "cpu":
+        return None
+    target = {"q8_0": GGMLQuantizationType.Q8_0, "q4_k": GGMLQuantizationType.Q4_K}.get(quantize or "")
+
+    def replace(module_name: str, tensor) -> nn.Module | None:
+        if _KEEP_DENSE.search(module_name) or len(tensor.shape) != 2:
+            return None
+        rows, cols = tensor.shape
+        if isinstance(tensor, GGUFTensor) and tensor.qtype not in _DENSE_TYPES:
+            if tensor.qtype not in SUPPORTED_TYPES:
+                return None  # dequantized to dtype at load instead
+            table = QuantLinear.from_raw(tensor.raw, tensor.qtype, rows, cols)
+        elif target is not None and cols % GGML_QUANT_SIZES[target][0] == 0:
+            table = QuantLinear.from_float(tensor.dequantize(torch.float32) if isinstance(tensor, GGUFTensor)
+                                           else tensor.float(), target)
+        else:
+            return None
+        return QuantEmbedding(table, dtype) if module_name.endswith("embed_tokens") else table
+
+    return replace

@@ -59,36 +59,38 @@ def load_weights(
 ) -> None:
     """Fill every parameter of a meta-device `model` from `tensors`.
 
-    `replace_module(module_name, tensor) -> nn.Module | None` lets the caller swap a Linear for a
+    `replace_module(module_name, tensor) -> nn.Module | None` lets the caller swap a module for a
     quantized one (module surgery from outside the model files); None keeps the dense path.
     """
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
-    tied = getattr(model, "args", None) is not None and model.args.tie_word_embeddings
+    tied = model.args.tie_word_embeddings
     filled: dict[str, set[int | None]] = {}
     for name, tensor in tqdm(tensors, total=total, desc="Loading weights", unit="tensor", leave=False, disable=None):
         if _IGNORED.search(name) or (tied and name == "lm_head.weight"):
             continue
         target, index = checkpoint_target(name)
         module_name, _, attr = target.rpartition(".")
-        if replace_module is not None and attr == "weight" and index is None:
-            replacement = replace_module(module_name, tensor)
-            if replacement is not None:
-                _set_submodule(model, module_name, replacement)
-                for key in list(params):
-                    if key.startswith(module_name + "."):
-                        filled.setdefault(key, set()).add(None)
-                continue
         if target not in params:
             raise WeightsError(f"{source}: unexpected tensor {name} for model_type {model.args.model_type}")
         param = params[target]
         expected = tuple(param.shape[1:] if index is not None else param.shape)
         if tuple(tensor.shape) != expected:
             raise WeightsError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the config implies {expected}")
-        value = materialize(tensor, dtype).to(device)
         owner = modules[module_name]
-        if index is None:
-            owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
+        replacement = replace_module(module_name, tensor) if replace_module and attr == "weight" and index is None else None
+        if replacement is not None:
+            bias = getattr(owner, "bias", None)
+            if isinstance(bias, torch.Tensor) and not bias.is_meta:  # the bias came first
+                replacement.bias = bias.detach().float()
+            _set_submodule(model, module_name, replacement)
+            modules[module_name] = replacement
+        elif index is None:
+            value = materialize(tensor, dtype).to(device)
+            if attr in owner._parameters:
+                owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
+            else:  # a replaced module keeps this as a buffer (e.g. a quantized layer's fp32 bias)
+                setattr(owner, attr, value.float())
         else:
             if param.is_meta:
                 param = nn.Parameter(torch.empty(param.shape, dtype=dtype, device=device), requires_grad=False)
@@ -96,14 +98,18 @@ def load_weights(
                 params[target] = param
             if index >= param.shape[0]:
                 raise WeightsError(f"{source}: tensor {name}: expert {index} >= num_experts {param.shape[0]}")
-            param.data[index].copy_(value)
+            param.data[index].copy_(materialize(tensor, dtype).to(device))
         filled.setdefault(target, set()).add(index)
-    missing = [key for key, param in params.items() if key not in filled and not (tied and key == "lm_head.weight")]
+    missing = [key for key in params if key not in filled]
     missing += [f"{key} (experts)" for key, idx in filled.items() if None not in idx and len(idx) != params[key].shape[0]]
     if missing:
         raise WeightsError(f"{source}: missing tensor(s) {', '.join(sorted(missing)[:5])}")
     if tied:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        embed = model.model.embed_tokens
+        if isinstance(embed, nn.Embedding):
+            model.lm_head.weight = embed.weight
+        else:
+            model.lm_head = embed.as_linear()
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -1,0 +1,69 @@
+"""The command line as a user runs it: real subprocesses, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tiny_models import make_hf_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    make_hf_model("qwen3", path)
+    return str(path)
+
+
+def openqwen(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "openqwen", *args], input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_json(tiny):
+    proc = openqwen("generate", "Hello", "--model", tiny, "--greedy", "--max-tokens", "8", "--json", "--logprobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["token_ids"]) == 8 and result["finish_reason"] == "length"
+    assert len(result["logprobs"]) == 8 and len(result["logprobs"][0]["top"]) == 2
+
+
+def test_generate_is_reproducible_with_seed(tiny):
+    runs = [openqwen("generate", "Hi", "--model", tiny, "--seed", "7", "--temperature", "1.0", "--max-tokens", "6", "--json")
+            for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert json.loads(runs[0].stdout)["token_ids"] == json.loads(runs[1].stdout)["token_ids"]
+
+
+def test_chat_reads_piped_stdin(tiny):
+    proc = openqwen("chat", "--model", tiny, "--max-tokens", "5", "--greedy", stdin="What is 2+2?\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "tokens" in proc.stderr and "tok/s" in proc.stderr
+
+
+def test_info(tiny):
+    proc = openqwen("info", tiny)
+    assert proc.returncode == 0, proc.stderr
+    assert "qwen3" in proc.stdout and "layers" in proc.stdout
+
+
+def test_models_lists_default():
+    proc = openqwen("models")
+    assert proc.returncode == 0, proc.stderr
+    assert "qwen2.5-coder-0.5b-instruct" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("generate", "x", "--model", "/nonexistent/model"), "/nonexistent/model"),
+    (("generate", "x", "--model", "no-such-model"), "no-such-model"),
+    (("generate", "x", "--model", "__TINY__", "--top-p", "0"), "top_p"),
+    (("generate", "x", "--model", "__TINY__", "--dtype", "int3"), "dtype"),
+])
+def test_errors_are_one_line(tiny, args, message):
+    proc = openqwen(*[tiny if a == "__TINY__" else a for a in args])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("openqwen: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr
