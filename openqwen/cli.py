@@ -128,8 +128,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-CHAT_HELP = """Commands: /think, /no_think (Qwen3 thinking), /system TEXT, /reset, /exit.
-End a line with \\ to continue it, or wrap several lines in triple quotes """."""
+TRIPLE_QUOTE = '"' * 3
+CHAT_HELP = (
+    "Commands: /think, /no_think (Qwen3 thinking), /system TEXT, /reset, /exit.\n"
+    f"End a line with \\ to continue it, or wrap several lines in {TRIPLE_QUOTE}."
+)
 
 
 def _read_message(prompt: str = ">>> ") -> str | None:
@@ -138,14 +141,14 @@ def _read_message(prompt: str = ">>> ") -> str | None:
         line = input(prompt)
     except EOFError:
         return None
-    if line.strip().startswith('"""'):
+    if line.strip().startswith(TRIPLE_QUOTE):
         lines = [line.strip()[3:]]
-        while not lines[-1].rstrip().endswith('"""'):
+        while not lines[-1].rstrip().endswith(TRIPLE_QUOTE):
             try:
                 lines.append(input("... "))
             except EOFError:
                 break
-        lines[-1] = lines[-1].rstrip().removesuffix('"""')
+        lines[-1] = lines[-1].rstrip().removesuffix(TRIPLE_QUOTE)
         return "\n".join(lines).strip()
     lines = [line]
     while lines[-1].endswith("\\"):
