@@ -30,12 +30,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_openqwen(model: str, prompt: list[int], new_tokens: int, device: str | None, dtype: str | None) -> dict[str, Any]:
+def _time_openqwen(model: str, prompt: list[int], new_tokens: int, device: str | None, dtype: str | None,
+                   quantize: str | None = None) -> dict[str, Any]:
     from .engine.sampling_params import SamplingParams
     from .llm import LLM
 
     start = time.perf_counter()
-    llm = LLM(model, device=device, dtype=dtype, enable_prefix_caching=False)
+    llm = LLM(model, device=device, dtype=dtype, enable_prefix_caching=False, quantize=quantize)
     load = time.perf_counter() - start
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     llm.generate([prompt[:16]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
@@ -112,9 +113,13 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--device")
     p.add_argument("--dtype")
+    p.add_argument("--quantize")
     a = p.parse_args(argv)
     prompt = bench_prompt(a.prompt_tokens)
-    result = WORKERS[a.runtime](a.model, prompt, a.new_tokens, a.device, a.dtype)
+    if a.runtime == "openqwen":
+        result = _time_openqwen(a.model, prompt, a.new_tokens, a.device, a.dtype, a.quantize)
+    else:
+        result = WORKERS[a.runtime](a.model, prompt, a.new_tokens, a.device, a.dtype)
     n = len(result["tokens"])
     result.update(
         runtime=a.runtime, prompt_tokens=len(prompt), new_tokens=n,
@@ -137,7 +142,8 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         cmd = [sys.executable, "-m", "openqwen.bench", runtime, model, "--prompt-tokens", str(args.prompt_tokens),
                "--new-tokens", str(args.new_tokens)] + (["--device", args.device] if args.device else []) + (
-               ["--dtype", args.dtype] if args.dtype else [])
+               ["--dtype", args.dtype] if args.dtype else []) + (
+               ["--quantize", args.quantize] if runtime == "openqwen" and args.quantize else [])
         print(f"running {runtime} ...", file=sys.stderr)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)

@@ -36,6 +36,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--quantize", choices=["none", "q8_0", "q4_k"], default=None,
+                   help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints "
+                        "(default: GGUF weights stay quantized, dense stay dense)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--peers", default="transformers,llama-cpp", help="comma list: transformers, llama-cpp, none")
     bench.add_argument("--json", dest="json_path", help="also write results to this JSON file")
+
+    from .server.cli_serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -92,7 +99,7 @@ def _load(args: argparse.Namespace):
     from .llm import LLM
 
     options = {"max_model_len": args.max_model_len} if args.max_model_len else {}
-    return LLM(args.model, device=args.device, dtype=args.dtype, **options)
+    return LLM(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, **options)
 
 
 def _template_kwargs(thinking: bool | None) -> dict[str, Any]:
@@ -259,7 +266,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "models": cmd_models, "info": cmd_info, "bench": cmd_bench}
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.cli_serve import cmd_serve as serve
+
+    return serve(args)
+
+
+COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "models": cmd_models, "info": cmd_info, "bench": cmd_bench,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
