@@ -1,0 +1,178 @@
+"""CPU benchmarks of the engine issue, each side by side with peers measured in the same run.
+
+  (b) batch-1 decode, 128 prompt tokens / 256 new      (openqwen, transformers, llama-cpp-python)
+  (c) time to first token for a 2,000-token prompt      (same three)
+  (a) a scaled-down nano-vllm workload: random lengths, ignore_eos, temperature 0.6
+      (openqwen's continuous batching vs transformers generate() in padded batches)
+  accuracy of the quantized CPU path: perplexity on a fixed text and KL to the fp32-dequantized model
+  per-token Python overhead: decode step time of a tiny model, where the math is negligible
+
+Usage: python benchmarks/bench_cpu.py [--model NAME] [--skip a,b,c,acc,overhead]
+Writes benchmarks/results/cpu.json and cpu.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def peers_table(model: str, prompt_tokens: int, new_tokens: int) -> list[dict]:
+    """openqwen bench's subprocess runs: one per runtime, same weights and prompt."""
+    from openqwen.bench import run_bench
+
+    args = argparse.Namespace(model=model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device="cpu", dtype=None,
+                              quantize=None, peers="transformers,llama-cpp", json_path=None)
+    return run_bench(args)
+
+
+def throughput(model: str, requests: int, low: int, high: int) -> dict:
+    """Output tok/s for `requests` random prompts with random output lengths in [low, high]."""
+    import torch
+
+    from openqwen import LLM, SamplingParams
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(100, 150000) for _ in range(rng.randint(low, high))] for _ in range(requests)]
+    lengths = [rng.randint(low, high) for _ in range(requests)]
+    llm = LLM(model, device="cpu")
+    params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True, seed=i) for i, n in enumerate(lengths)]
+    llm.generate(prompts[:1], SamplingParams(max_tokens=2))
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    ours_s = time.perf_counter() - t0
+    total = sum(len(o.outputs[0].token_ids) for o in outs)
+    del llm
+
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model)
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None
+    batch = 8
+    t0 = time.perf_counter()
+    hf_tokens = 0
+    with torch.inference_mode():
+        for start in range(0, requests, batch):
+            chunk, n = prompts[start:start + batch], max(lengths[start:start + batch])
+            width = max(map(len, chunk))
+            ids = torch.tensor([[151643] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.6,
+                        pad_token_id=151643)
+            hf_tokens += sum(lengths[start:start + batch])  # useful tokens; padding rows beyond their length are waste
+    hf_s = time.perf_counter() - t0
+    return {"requests": requests, "lengths": [low, high], "openqwen_tok_s": total / ours_s, "openqwen_s": ours_s,
+            "transformers_tok_s": hf_tokens / hf_s, "transformers_s": hf_s, "transformers_batch": batch}
+
+
+def accuracy(model: str, tokens: int = 1024) -> dict:
+    """Perplexity of the quantized path vs the fp32-dequantized model on a fixed text (this Python's
+    own `json/decoder.py`), plus the mean KL(fp32 || quantized) of the next-token distributions."""
+    import inspect
+    import json as json_module
+
+    import torch
+
+    from openqwen import LLM
+
+    text = inspect.getsource(json_module.decoder)
+    dense = LLM(model, device="cpu", quantize="none", enable_prefix_caching=False, kv_cache_gb=0.2)
+    ids = dense.tokenizer.encode(text)[:tokens]
+    ref = dense.engine.runner.score(ids).log_softmax(-1)
+    del dense
+    quant = LLM(model, device="cpu", enable_prefix_caching=False, kv_cache_gb=0.2)
+    got = quant.engine.runner.score(ids).log_softmax(-1)
+    target = torch.tensor(ids[1:])
+
+    def ppl(logp: torch.Tensor) -> float:
+        return float(torch.exp(-logp[:-1].gather(1, target[:, None]).mean()))
+
+    kl = float((ref.exp() * (ref - got)).sum(-1).mean())
+    agree = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+    return {"tokens": len(ids), "ppl_fp32": ppl(ref), "ppl_quantized": ppl(got), "kl_mean": kl, "top1_agreement": agree}
+
+
+def python_overhead(steps: int = 200) -> dict:
+    """Decode step time of a 1-layer, 64-wide model: what remains is per-token engine overhead."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from tiny_models import BASE, make_hf_model  # noqa: F401
+
+    from openqwen import LLM, SamplingParams
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_hf_model("qwen2_tied", Path(tmp))
+        llm = LLM(tmp, device="cpu", kv_cache_gb=0.05)
+        params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
+        llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=4))
+        t0 = time.perf_counter()
+        llm.generate([[1, 2, 3]], params)
+        per_step = (time.perf_counter() - t0) / steps
+    return {"layers": 3, "ms_per_token": per_step * 1e3}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    p.add_argument("--skip", default="")
+    a = p.parse_args()
+    from openqwen.bench import hardware
+    from openqwen.registry import resolve_model
+
+    model = str(resolve_model(a.model))
+    skip = set(a.skip.split(","))
+    results: dict = {"hardware": hardware(), "model": a.model}
+    if "b" not in skip:
+        results["decode_128_256"] = peers_table(model, 128, 256)
+    if "c" not in skip:
+        results["ttft_2000"] = peers_table(model, 2000, 2)
+    if "a" not in skip:
+        results["throughput"] = throughput(model, requests=16, low=32, high=128)
+    if "acc" not in skip:
+        results["accuracy"] = accuracy(model)
+    if "overhead" not in skip:
+        results["python_overhead"] = python_overhead()
+    RESULTS.mkdir(exist_ok=True)
+    for rows in (results.get("decode_128_256", []), results.get("ttft_2000", [])):
+        for row in rows:
+            row.pop("tokens", None)
+    (RESULTS / "cpu.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "cpu.md").write_text(render(results))
+    print(render(results))
+
+
+def render(r: dict) -> str:
+    lines = [f"# CPU benchmarks\n\n{r['hardware']}; model {r['model']}\n"]
+    for key, title in (("decode_128_256", "Batch-1 decode, 128 prompt / 256 new tokens"),
+                       ("ttft_2000", "Time to first token, 2,000-token prompt")):
+        if key in r:
+            lines += [f"## {title}\n", "| runtime | load s | prefill tok/s | TTFT s | decode tok/s | peak RSS MB |", "|---|---|---|---|---|---|"]
+            lines += [f"| {x['runtime']} | {x['load_s']:.1f} | {x['prefill_tok_s']:.0f} | {x['prefill_s']:.2f} | "
+                      f"{x['decode_tok_s']:.1f} | {x['peak_rss_mb']:.0f} |" for x in r[key]]
+            lines.append("")
+    if "throughput" in r:
+        t = r["throughput"]
+        lines += [f"## Throughput: {t['requests']} requests, lengths in {t['lengths']}, temperature 0.6, ignore_eos\n",
+                  "| runtime | output tok/s | seconds |", "|---|---|---|",
+                  f"| openqwen (continuous batching) | {t['openqwen_tok_s']:.1f} | {t['openqwen_s']:.1f} |",
+                  f"| transformers generate (batch {t['transformers_batch']}) | {t['transformers_tok_s']:.1f} | {t['transformers_s']:.1f} |", ""]
+    if "accuracy" in r:
+        a = r["accuracy"]
+        lines += ["## Accuracy of the quantized CPU path\n",
+                  f"{a['tokens']} tokens of a fixed text: perplexity {a['ppl_quantized']:.3f} (quantized kernels) vs "
+                  f"{a['ppl_fp32']:.3f} (fp32 dequantized); mean KL {a['kl_mean']:.5f}; top-1 agreement {a['top1_agreement']:.3f}\n"]
+    if "python_overhead" in r:
+        lines.append(f"Per-token engine overhead (3-layer 64-wide model): {r['python_overhead']['ms_per_token']:.2f} ms\n")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

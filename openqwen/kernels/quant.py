@@ -1,0 +1,205 @@
+"""QuantLinear: a linear layer whose weight stays in its GGUF block format.
+
+Batch-1 decode on a CPU is bound by memory bandwidth, so the weight is never expanded: a Q4_K
+weight streams 144 bytes per 256 values instead of 1 KiB of fp32. The native kernels
+(openqwen._quant_native, csrc/) quantize the activations to int8 with one fp32 scale per block
+(round half to even), 32 values per block for the legacy types and 256 for the K-quants (so their
+sub-block products add up in integers), and take integer dot products against the raw blocks,
+like llama.cpp's Q8_0 and Q8_K.
+
+Without the extension (no compiler at install time) the same math runs in PyTorch: activations
+quantized identically, weights dequantized per call in row tiles of about 8 MiB. Tiles rather than
+a cached fp32 copy, because the copy would cost 4-8x the memory the format exists to save; a caller
+that prefers speed can keep `layer.dequantize()` and use F.linear itself.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from openqwen.weights.gguf_quants import dequantize as dequantize_blocks
+
+try:
+    from openqwen import _quant_native as _native
+except ImportError:  # built without a compiler: pure PyTorch
+    _native = None
+
+Q = GGMLQuantizationType
+
+SUPPORTED_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+
+_TILE_BYTES = 8 << 20  # fp32 weight tile of the PyTorch path
+
+
+def native_available() -> bool:
+    """Whether the compiled kernels are loaded (else QuantLinear runs in PyTorch)."""
+    return _native is not None
+
+
+def native_isa() -> str | None:
+    """Instruction set the native kernels use on this CPU: 'avx2', 'neon', 'scalar', or None."""
+    return _native.isa() if _native is not None else None
+
+
+def set_num_threads(n: int) -> None:
+    """Threads per native matmul (the calling thread included). The PyTorch path follows torch."""
+    if _native is not None:
+        _native.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return _native.get_num_threads() if _native is not None else torch.get_num_threads()
+
+
+def _default_num_threads() -> int:
+    # torch defaults to the physical cores; stay within the cores this process may run on.
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), usable))
+
+
+if _native is not None:
+    _native.set_num_threads(_default_num_threads())
+
+
+def row_bytes(qtype: GGMLQuantizationType, in_features: int) -> int:
+    """Bytes per weight row of `in_features` values; raises if the row does not fill whole blocks."""
+    if qtype not in SUPPORTED_TYPES:
+        names = [t.name for t in SUPPORTED_TYPES]
+        raise ValueError(f"unsupported quantization type {qtype!r}; supported: {names}")
+    block, size = GGML_QUANT_SIZES[qtype]
+    if in_features <= 0 or in_features % block:
+        raise ValueError(f"{qtype.name} needs in_features to be a multiple of {block}, got {in_features}")
+    return in_features // block * size
+
+
+def activation_block(qtype: GGMLQuantizationType) -> int:
+    """Values per activation scale for weights of `qtype`: 32, or 256 for the K-quants."""
+    return GGML_QUANT_SIZES[qtype][0]
+
+
+def quantize_activations(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x[T, K] fp32 -> the values the native kernels multiply with: q * d per block of `block`.
+
+    Bit-identical to the kernels' quantizer: d = amax / 127, q = round_half_even(x * (127 / amax)).
+    Tensor-by-tensor division on purpose: scalar / tensor in PyTorch multiplies by a reciprocal.
+    """
+    blocks = x.reshape(x.shape[0], x.shape[1] // block, block)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(amax != 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(blocks * inv)
+    return (q * (amax / 127.0)).reshape(x.shape)
+
+
+class QuantLinear(torch.nn.Module):
+    """y = x @ W^T + b with W[out_features, in_features] held as raw GGUF blocks (`qweight`)."""
+
+    def __init__(
+        self, in_features: int, out_features: int, qtype: GGMLQuantizationType, bias: bool = False
+    ) -> None:
+        super().__init__()
+        self.qtype = GGMLQuantizationType(qtype)
+        self._qtype_id = int(self.qtype)
+        self.in_features = in_features
+        self.out_features = out_features
+        nbytes = row_bytes(self.qtype, in_features)
+        self.register_buffer("qweight", torch.empty(out_features, nbytes, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_raw(
+        cls,
+        raw: np.ndarray | torch.Tensor,
+        qtype: GGMLQuantizationType,
+        out_features: int,
+        in_features: int,
+        bias: torch.Tensor | None = None,
+    ) -> QuantLinear:
+        """Wraps the GGUF tensor bytes `raw` without copying them where possible (e.g. a memmap)."""
+        layer = cls(in_features, out_features, qtype, bias=bias is not None)
+        nbytes = layer.qweight.shape[1]
+        if isinstance(raw, np.ndarray):
+            with warnings.catch_warnings():  # read-only memmaps: the kernels never write weights
+                warnings.simplefilter("ignore", UserWarning)
+                raw = torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8))
+        if raw.dtype != torch.uint8 or raw.numel() != out_features * nbytes:
+            raise ValueError(
+                f"expected {out_features * nbytes} bytes of {layer.qtype.name} blocks for "
+                f"[{out_features}, {in_features}], got {raw.numel()} elements of {raw.dtype}"
+            )
+        layer.qweight = raw.reshape(out_features, nbytes).contiguous()
+        if bias is not None:
+            if bias.shape != (out_features,):
+                raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+            layer.bias = bias.detach().float().contiguous()
+        return layer
+
+    @classmethod
+    def from_float(
+        cls, weight: torch.Tensor, qtype: GGMLQuantizationType, bias: torch.Tensor | None = None
+    ) -> QuantLinear:
+        """Quantizes weight[out_features, in_features] (see openqwen.kernels.quantize)."""
+        from openqwen.kernels.quantize import quantize
+
+        out_features, in_features = weight.shape
+        return cls.from_raw(quantize(weight, qtype), qtype, out_features, in_features, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Batch-1 decode makes this call tens of times per token, so the common case (2-D fp32
+        # input, no bias) skips every no-op conversion and reads the buffers without the
+        # nn.Module.__getattr__ detour.
+        k, n = self.in_features, self.out_features
+        if x.shape[-1] != k:
+            raise ValueError(f"expected last dimension {k}, got {tuple(x.shape)}")
+        x2 = x if x.dim() == 2 else x.reshape(-1, k)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        qweight, bias = self._buffers["qweight"], self._buffers["bias"]
+        if _native is not None and x2.device.type == "cpu" and qweight.device.type == "cpu":
+            y = torch.empty(x2.shape[0], n)
+            t = x2.shape[0]
+            _native.mul_mat(self._qtype_id, qweight.data_ptr(), x2.data_ptr(), y.data_ptr(), t, n, k)
+        else:
+            y = self._forward_torch(x2)
+        if bias is not None:
+            y += bias
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], n)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        xq = quantize_activations(x, activation_block(self.qtype))
+        y = torch.empty(x.shape[0], self.out_features, device=x.device)
+        step = max(1, _TILE_BYTES // (4 * self.in_features))
+        for start in range(0, self.out_features, step):
+            w = self._dequantize_torch(start, start + step).to(x.device)
+            y[:, start:start + step] = F.linear(xq, w)
+        return y
+
+    def _dequantize_torch(self, start: int, stop: int) -> torch.Tensor:
+        rows = self.qweight[start:stop].cpu()
+        return dequantize_blocks(rows.numpy(), self.qtype, (rows.shape[0], self.in_features))
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight as fp32 [out_features, in_features], bit-identical to gguf's dequantizer."""
+        if _native is not None and self.qweight.device.type == "cpu":
+            w = torch.empty(self.out_features, self.in_features)
+            _native.dequantize(self._qtype_id, self.qweight.data_ptr(), w.data_ptr(), *w.shape)
+            return w
+        return self._dequantize_torch(0, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"qtype={self.qtype.name}, bias={self.bias is not None}"
+        )

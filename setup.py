@@ -1,0 +1,42 @@
+"""Builds the optional native kernels, openqwen._quant_native.
+
+The extension is a plain CPython module (no torch headers), so it builds inside pip's isolated
+build environment with only a C++ compiler. `optional=True` lets `pip install` succeed without one;
+openqwen.kernels then falls back to pure PyTorch.
+"""
+
+import sys
+
+from setuptools import Extension, setup
+
+SOURCES = [
+    "csrc/quant_module.cpp",
+    "csrc/quant_scalar.cpp",
+    "csrc/quant_avx2.cpp",
+    "csrc/quant_neon.cpp",
+    "csrc/thread_pool.cpp",
+]
+
+if sys.platform == "win32":
+    COMPILE_ARGS = ["/std:c++20", "/O2", "/fp:precise"]
+    LINK_ARGS: list[str] = []
+else:
+    # No -march: SIMD paths carry target attributes and are chosen at runtime, so the binary runs
+    # on any CPU of the architecture. -ffp-contract=off keeps the activation quantizer and the
+    # dequantizer bit-identical to their PyTorch/NumPy counterparts.
+    COMPILE_ARGS = ["-std=c++20", "-O3", "-ffp-contract=off", "-fvisibility=hidden"]
+    LINK_ARGS = ["-pthread"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "openqwen._quant_native",
+            sources=SOURCES,
+            depends=["csrc/quant_common.h", "csrc/thread_pool.h"],
+            language="c++",
+            extra_compile_args=COMPILE_ARGS,
+            extra_link_args=LINK_ARGS,
+            optional=True,
+        )
+    ]
+)

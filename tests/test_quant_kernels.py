@@ -1,0 +1,276 @@
+"""QuantLinear and its kernels against gguf's reference dequantizer.
+
+Error budget of a quantized matmul: the kernels (native and PyTorch alike) round each activation to
+q * d with d = amax / 127 per block of B values (B = 32, or 256 for the K-quants), so every x_i
+moves by at most d / 2 = amax / 254 and |y - x @ W^T| <= sum_i |W_ni| * amax(block of i) / 254.
+The tests use that bound (relative error of a dot product around 1e-2 of the |x| . |w| scale,
+typically 1e-3) plus 1e-5 of |x| . |w| for float rounding. The native and PyTorch paths compute the same integers and differ only in float
+rounding order (~1e-7 of |x| . |w|); a single activation rounded differently would show as
+~1e-4, so they must agree within 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+
+from openqwen.kernels import quant as kq
+from openqwen.kernels import QuantLinear, quantize
+
+Q = GGMLQuantizationType
+TYPES = kq.SUPPORTED_TYPES
+K_QUANTS = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
+
+needs_native = pytest.mark.skipif(
+    not kq.native_available(),
+    reason="openqwen._quant_native is not built (no C++ compiler at install time); PyTorch path only",
+)
+
+
+def random_blocks(qtype: GGMLQuantizationType, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """Valid blocks with every quant bit pattern: random bytes, then sane fp16 scales."""
+    rng = np.random.default_rng(seed)
+    block, size = GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(rows, k // block, size), dtype=np.uint8)
+
+    def fp16(scale: float) -> np.ndarray:
+        values = (rng.standard_normal((rows, k // block)) * scale).astype(np.float16)
+        return values.view(np.uint8).reshape(rows, -1, 2)
+
+    if qtype == Q.Q6_K:
+        raw[..., 208:210] = fp16(0.002)
+    else:
+        raw[..., 0:2] = fp16(0.01 if qtype in K_QUANTS else 0.05)
+        if qtype in (Q.Q4_1, Q.Q5_1, Q.Q4_K, Q.Q5_K):
+            raw[..., 2:4] = fp16(0.01)
+    return raw.reshape(rows, -1)
+
+
+def reference(
+    raw: np.ndarray, qtype: GGMLQuantizationType, x: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x @ W^T in float64, the activation-quantization error bound, the |x| . |w| scale)."""
+    w = gguf_dequantize(raw, qtype).astype(np.float64)
+    x64 = x.double().numpy()
+    block = kq.activation_block(qtype)
+    amax = np.abs(x64.reshape(x64.shape[0], -1, block)).max(-1)
+    step = np.repeat(amax, block, axis=1) / 254
+    scale = np.abs(x64) @ np.abs(w).T
+    return x64 @ w.T, step @ np.abs(w).T + 1e-5 * scale, scale
+
+
+def select_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'native': the compiled kernels (skip if absent); 'torch': as if the extension were missing."""
+    if path == "native" and not kq.native_available():
+        pytest.skip("openqwen._quant_native is not built")
+    if path == "torch":
+        monkeypatch.setattr(kq, "_native", None)
+
+
+@pytest.fixture
+def restore_threads():
+    n = kq.get_num_threads()
+    yield
+    kq.set_num_threads(n)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_dequantize_is_bit_identical_to_gguf(qtype, path, monkeypatch):
+    select_path(path, monkeypatch)
+    raw = random_blocks(qtype, 5, 512)
+    layer = QuantLinear.from_raw(raw, qtype, 5, 512)
+    np.testing.assert_array_equal(layer.dequantize().numpy(), gguf_dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("T", [1, 3, 17])
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_matmul_within_activation_quantization_bound(qtype, T, path, monkeypatch):
+    select_path(path, monkeypatch)
+    n, k = 67, 768
+    raw = random_blocks(qtype, n, k, seed=T)
+    x = torch.randn(T, k, generator=torch.Generator().manual_seed(T))
+    x[:, :32] *= 20  # one loud block, as real activations have
+    y = QuantLinear.from_raw(raw, qtype, n, k)(x).double().numpy()
+    ref, bound, _ = reference(raw, qtype, x)
+    assert (np.abs(y - ref) <= bound).all()
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("T", [1, 3, 17])
+def test_native_matches_torch_path(qtype, T, monkeypatch):
+    n, k = 45, 1024 if qtype in K_QUANTS else 928  # 29 blocks: SIMD groups of 8 plus a tail
+    raw = random_blocks(qtype, n, k, seed=10 + T)
+    layer = QuantLinear.from_raw(raw, qtype, n, k)
+    x = torch.randn(T, k, generator=torch.Generator().manual_seed(T))
+    native = layer(x).double().numpy()
+    monkeypatch.setattr(kq, "_native", None)
+    fallback = layer(x).double().numpy()
+    _, _, scale = reference(raw, qtype, x)
+    assert (np.abs(native - fallback) <= 1e-5 * scale).all()
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_scalar_kernels_match_simd(qtype):
+    """The portable C++ path (other CPUs) against the SIMD one this CPU selected."""
+    native = kq._native
+    simd = native.isa()
+    if simd == "scalar":
+        pytest.skip("this CPU has no SIMD path to compare with")
+    n, k, T = 33, 512, 6
+    raw = random_blocks(qtype, n, k, seed=3)
+    layer = QuantLinear.from_raw(raw, qtype, n, k)
+    x = torch.randn(T, k, generator=torch.Generator().manual_seed(5))
+    y_simd = layer(x)
+    try:
+        assert native.set_isa("scalar")
+        y_scalar = layer(x)
+    finally:
+        native.set_isa(simd)
+    _, _, scale = reference(raw, qtype, x)
+    assert (np.abs(y_simd.double().numpy() - y_scalar.double().numpy()) <= 1e-5 * scale).all()
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 7, 1021])
+def test_thread_counts_give_identical_results(qtype, n, restore_threads):
+    k = 1536  # 1021 rows: several pool chunks of uneven size
+    raw = random_blocks(qtype, n, k, seed=n)
+    layer = QuantLinear.from_raw(raw, qtype, n, k)
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(1))
+    results = []
+    for threads in (1, 2, 3):
+        kq.set_num_threads(threads)
+        assert kq.get_num_threads() == threads
+        results.append(layer(x))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    torch.testing.assert_close(results[2], results[0], rtol=0, atol=0)
+
+
+@needs_native
+def test_pool_wakes_sleeping_workers(restore_threads):
+    """Workers sleep after ~100 us idle; the next call must wake them, not hang or skip work."""
+    kq.set_num_threads(2)
+    n, k = 2048, 1024
+    raw = random_blocks(Q.Q8_0, n, k)
+    layer = QuantLinear.from_raw(raw, Q.Q8_0, n, k)
+    x = torch.randn(1, k)
+    expected = layer(x)
+    for _ in range(5):
+        time.sleep(0.005)
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+
+
+@needs_native
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_a_working_pool(restore_threads):
+    kq.set_num_threads(2)
+    n, k = 2048, 1024
+    layer = QuantLinear.from_raw(random_blocks(Q.Q8_0, n, k), Q.Q8_0, n, k)
+    x = torch.randn(2, k)
+    expected = layer(x)
+    pid = os.fork()
+    if pid == 0:  # child: the parent's workers do not exist here
+        ok = torch.equal(layer(x), expected)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_forward_keeps_leading_dims_dtype_and_adds_bias(path, monkeypatch):
+    select_path(path, monkeypatch)
+    n, k = 24, 256
+    raw = random_blocks(Q.Q4_K, n, k)
+    bias = torch.randn(n)
+    layer = QuantLinear.from_raw(torch.from_numpy(raw), Q.Q4_K, n, k, bias=bias)
+    x = torch.randn(2, 3, k)
+    y = layer(x)
+    assert y.shape == (2, 3, n) and y.dtype == torch.float32
+    flat = QuantLinear.from_raw(raw, Q.Q4_K, n, k)(x.reshape(6, k)) + bias
+    torch.testing.assert_close(y.reshape(6, n), flat, rtol=0, atol=0)
+    y16 = layer(x.to(torch.bfloat16))
+    assert y16.dtype == torch.bfloat16 and y16.shape == (2, 3, n)
+    assert layer(torch.empty(0, k)).shape == (0, n)
+
+
+def test_rejects_bad_shapes_and_types():
+    with pytest.raises(ValueError, match="multiple of 256"):
+        QuantLinear(896, 4, Q.Q4_K)
+    with pytest.raises(ValueError, match="unsupported"):
+        QuantLinear(256, 4, Q.IQ2_XS)
+    with pytest.raises(ValueError, match="bytes"):
+        QuantLinear.from_raw(np.zeros(100, np.uint8), Q.Q8_0, 4, 64)
+    layer = QuantLinear.from_raw(random_blocks(Q.Q8_0, 4, 64), Q.Q8_0, 4, 64)
+    with pytest.raises(ValueError, match="last dimension"):
+        layer(torch.randn(2, 32))
+
+
+@needs_native
+def test_native_rejects_bad_arguments():
+    native = kq._native
+    with pytest.raises(ValueError, match="unsupported GGML type"):
+        native.mul_mat(99, 0, 0, 0, 1, 1, 32)
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        native.mul_mat(int(Q.Q4_K), 0, 0, 0, 1, 1, 896)
+    with pytest.raises(TypeError):
+        native.mul_mat(int(Q.Q8_0), 0, 0)
+    with pytest.raises(ValueError):
+        native.set_num_threads(0)
+
+
+# Relative RMSE of quantize() on Gaussian weights; theory for a uniform grid: step / sqrt(12) / std.
+RMSE_BOUNDS = {Q.Q8_0: 0.007, Q.Q4_0: 0.095, Q.Q4_1: 0.085, Q.Q5_0: 0.048, Q.Q5_1: 0.043, Q.Q4_K: 0.077}
+
+
+@pytest.mark.parametrize("qtype", list(RMSE_BOUNDS), ids=lambda t: t.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantizer_round_trip(qtype, dtype):
+    w = (torch.randn(96, 1024, generator=torch.Generator().manual_seed(0)) * 0.02).to(dtype)
+    raw = quantize(w, qtype)
+    block, size = GGML_QUANT_SIZES[qtype]
+    assert raw.dtype == torch.uint8 and raw.shape == (96, 1024 // block * size)
+    back = torch.from_numpy(gguf_dequantize(raw.numpy(), qtype))
+    ref = w.float()
+    rel_rmse = ((back - ref).square().mean().sqrt() / ref.square().mean().sqrt()).item()
+    assert rel_rmse < RMSE_BOUNDS[qtype]
+
+
+def test_q4_k_quantizer_handles_constant_and_zero_sub_blocks():
+    w = torch.zeros(2, 256)
+    w[0, :32] = 0.5  # constant positive sub-block
+    w[1, 32:64] = -0.25  # constant negative sub-block
+    back = torch.from_numpy(gguf_dequantize(quantize(w, Q.Q4_K).numpy(), Q.Q4_K))
+    torch.testing.assert_close(back, w, rtol=0, atol=2e-3)
+
+
+def test_from_float_tracks_the_float_layer():
+    w = torch.randn(64, 512) * 0.05
+    x = torch.randn(4, 512)
+    layer = QuantLinear.from_float(w, Q.Q8_0, bias=torch.ones(64))
+    expected = F.linear(x, w, torch.ones(64))
+    assert (layer(x) - expected).abs().max() < 0.02 * expected.abs().max()
+
+
+def test_quantize_rejects_unsupported():
+    with pytest.raises(NotImplementedError):
+        quantize(torch.randn(4, 256), Q.Q6_K)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        quantize(torch.randn(4, 896), Q.Q4_K)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread default reads the Linux affinity mask")
+def test_default_thread_count_is_bounded_by_cores():
+    assert 1 <= kq._default_num_threads() <= len(os.sched_getaffinity(0))
