@@ -2,14 +2,21 @@
 
 It owns the paged KV cache, turns a scheduled step into flat input tensors plus one
 AttentionContext, runs the model, and samples the rows that need a token.
+
+On CUDA it also sets up the fast path: q/k/v and gate/up weights packed into single GEMMs
+(`layers.fused.pack_model`), Triton kernels inside the layers, and decode-only steps replayed from
+CUDA graphs (`cuda_graphs.DecodeGraphs`). Host-to-device copies go through pinned memory without
+blocking, so the only synchronization of a step is the sampler's one transfer of its tokens.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
-from ..layers.attention import Attention, AttentionContext
+from ..layers.attention import Attention, AttentionContext, fast_path
 from .sampler import SampleRequest, TokenLogprobs, sample
 from .scheduler import ScheduledSeq
 
@@ -19,8 +26,18 @@ def kv_bytes_per_token(model: nn.Module, dtype: torch.dtype) -> int:
     return 2 * a.num_hidden_layers * a.num_key_value_heads * a.head_dim * torch.empty(0, dtype=dtype).element_size()
 
 
+def _graph_safe(model: nn.Module) -> bool:
+    """Routed MoE layers read expert counts on the host every step, which a graph cannot hold."""
+    from ..layers.mlp import SparseMoE
+
+    return not any(isinstance(m, SparseMoE) for m in model.modules())
+
+
 class ModelRunner:
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, block_size: int, num_blocks: int) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, block_size: int, num_blocks: int,
+                 *, use_cuda_graphs: bool | None = None, max_graph_batch: int = 512) -> None:
+        """`use_cuda_graphs`: None means on for CUDA unless OPENQWEN_ENFORCE_EAGER=1. It can also be
+        switched later through the attribute of the same name."""
         self.model, self.device, self.dtype = model, device, dtype
         self.block_size, self.num_blocks = block_size, num_blocks
         args = model.args
@@ -34,6 +51,36 @@ class ModelRunner:
         for i, layer in enumerate(layers):
             layer.k_cache, layer.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
         self.generators: dict[int, torch.Generator] = {}
+
+        self.fast = fast_path(self.kv_cache)
+        self.graphs = None
+        self._num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+        if self.fast:
+            from ..layers import fused
+
+            fused.pack_model(model)
+            if use_cuda_graphs is None:
+                use_cuda_graphs = os.environ.get("OPENQWEN_ENFORCE_EAGER", "") in ("", "0")
+            if device.type == "cuda" and _graph_safe(model):
+                from .cuda_graphs import DecodeGraphs
+
+                max_blocks = min(num_blocks, -(-args.max_position_embeddings // block_size))
+                self.graphs = DecodeGraphs(self._logits_of, device, block_size, max_blocks, max_graph_batch,
+                                           self._decode_splits)
+        self.use_cuda_graphs = bool(use_cuda_graphs) and self.graphs is not None
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _tensor(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.tensor(values, dtype=dtype)
+        return torch.tensor(values, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
+
+    def _decode_splits(self, batch: int) -> int:
+        if not self.fast:
+            return 1
+        from ..layers.triton_attention import choose_num_splits
+
+        return choose_num_splits(batch, self.model.args.num_key_value_heads, self._num_sms)
 
     def _prepare(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor, AttentionContext]:
         input_ids: list[int] = []
@@ -52,36 +99,77 @@ class ModelRunner:
             context_lens.append(end)
         width = max(len(item.seq.block_table) for item in batch)
         tables = [item.seq.block_table + [0] * (width - len(item.seq.block_table)) for item in batch]
-        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
         ctx = AttentionContext(
-            slot_mapping=as_tensor(slots),
-            block_tables=as_tensor(tables),
-            context_lens=as_tensor(context_lens),
+            slot_mapping=self._tensor(slots),
+            block_tables=self._tensor(tables, torch.int32 if self.fast else torch.long),
+            context_lens=self._tensor(context_lens),
             query_lens=query_lens,
             context_lens_host=context_lens,
             block_size=bs,
         )
-        return as_tensor(input_ids), as_tensor(positions), ctx
+        if self.fast:
+            cu = [0]
+            for n in query_lens:
+                cu.append(cu[-1] + n)
+            ctx.cu_query_lens = self._tensor(cu, torch.int32)
+            ctx.max_query_len = max(query_lens)
+            ctx.decode_splits = self._decode_splits(len(batch))
+        return self._tensor(input_ids), self._tensor(positions), ctx
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _logits_of(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        return self.model.compute_logits(self.model(input_ids, positions, ctx))
+
+    def _use_graph(self, batch: list[ScheduledSeq]) -> bool:
+        return (self.use_cuda_graphs and all(item.num_new_tokens == 1 for item in batch)
+                and self.graphs.can_run(len(batch), max(len(item.seq.block_table) for item in batch)))
+
+    def _replay_decode(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """Logits [B, V] of a decode-only step from the CUDA graph of its padded size."""
+        bs = self.block_size
+        ids, positions, slots, lens, tables = [], [], [], [], []
+        for item in batch:
+            seq, pos = item.seq, item.context_len - 1
+            table = seq.block_table
+            ids.append(seq.token_ids[pos])
+            positions.append(pos)
+            slots.append(table[pos // bs] * bs + pos % bs)
+            lens.append(item.context_len)
+            tables.append(table)
+        return self.graphs.replay(ids, positions, slots, lens, tables)
+
+    @torch.inference_mode()
+    def capture_cuda_graphs(self, max_batch: int) -> None:
+        """Capture the decode graphs for batch sizes up to max_batch now rather than on first use."""
+        if self.graphs is not None and self.use_cuda_graphs:
+            self.graphs.capture(max_batch)
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> dict[int, tuple[int, TokenLogprobs | None]]:
         """Run one step; returns seq_id -> (sampled token, logprobs) for rows that needed a sample."""
         if not batch:
             return {}
-        input_ids, positions, ctx = self._prepare(batch)
-        hidden = self.model(input_ids, positions, ctx)
-        last_rows, sampled = [], []
-        offset = 0
-        for item in batch:
-            offset += item.num_new_tokens
-            if item.needs_sample:
-                last_rows.append(offset - 1)
-                sampled.append(item.seq)
-        if not sampled:
-            return {}
-        logits = self.model.compute_logits(hidden[torch.tensor(last_rows, device=hidden.device)])
+        rows = [i for i, item in enumerate(batch) if item.needs_sample]
+        if self.graphs is not None and self._use_graph(batch):
+            logits = self._replay_decode(batch)
+            if not rows:
+                return {}
+            if len(rows) < len(batch):
+                logits = logits[self._tensor(rows)]
+        else:
+            input_ids, positions, ctx = self._prepare(batch)
+            hidden = self.model(input_ids, positions, ctx)
+            if not rows:
+                return {}
+            offsets, last_rows = 0, []
+            for item in batch:
+                offsets += item.num_new_tokens
+                last_rows.append(offsets - 1)
+            logits = self.model.compute_logits(hidden[self._tensor([last_rows[i] for i in rows])])
+        sampled = [batch[i].seq for i in rows]
         requests = [
-            SampleRequest(seq.sampling_params, seq.prompt_token_ids, seq.completion_token_ids, self._generator(seq))
+            SampleRequest(seq.sampling_params, seq.prompt_token_ids, seq.completion_token_ids, self._generator(seq),
+                          self._seed(seq))
             for seq in sampled
         ]
         tokens, logprobs = sample(logits, requests)
@@ -97,10 +185,17 @@ class ModelRunner:
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         return self.model.compute_logits(self.model(ids, torch.arange(n, device=self.device), ctx))
 
-    def _generator(self, seq) -> torch.Generator | None:
+    @staticmethod
+    def _seed(seq) -> int | None:
         seed = seq.sampling_params.seed
         if seed is None or seq.sampling_params.greedy:
             return None
+        return seed + getattr(seq, "sample_index", 0)
+
+    def _generator(self, seq) -> torch.Generator | None:
+        seed = seq.sampling_params.seed
+        if seed is None or seq.sampling_params.greedy or (self.fast and self.device.type == "cuda"):
+            return None  # greedy, unseeded, or the CUDA sampler, whose noise is keyed on _seed
         if seq.seq_id not in self.generators:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed + getattr(seq, "sample_index", 0))

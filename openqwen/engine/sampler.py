@@ -4,14 +4,23 @@ Order, as in vLLM: penalties on the raw logits; greedy rows take the argmax; the
 their temperature, then top-k, top-p and min-p filter the distribution before a draw. Logprobs are
 reported from the raw (unprocessed) logits, vLLM's default. Rows with a seed draw from their own
 generator so a seeded request is reproducible whatever else is in the batch.
+
+On a GPU (`sample_on_device`) the same steps run vectorized over the batch with no host sync but
+the single transfer of the results: per-row parameters travel in pinned memory without blocking,
+and the draw is a Gumbel-max / exponential race (argmax of p / E with E ~ Exp(1), which picks token
+i with probability p_i) instead of torch.multinomial: one Triton pass over the logits on CUDA.
+Seeded rows key their noise on (seed, number of tokens drawn so far), so they reproduce whatever
+else is in the batch. The CPU path keeps torch.multinomial, so seeded CPU outputs are unchanged.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 
+from ..layers.attention import fast_path
 from .sampling_params import SamplingParams
 
 
@@ -21,6 +30,7 @@ class SampleRequest:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     generator: torch.Generator | None  # set when the request has a seed
+    seed: int | None = None  # the same seed as an integer: the GPU kernel derives its noise from it
 
 
 @dataclass
@@ -64,9 +74,14 @@ def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[int], list[TokenLogprobs | None]]:
     """logits [B, V] fp32 -> (token ids, logprobs per row or None)."""
+    if logits.is_cuda:
+        return sample_on_device(logits, requests)
     raw_logprobs = None
     if any(r.params.logprobs is not None for r in requests):
         raw_logprobs = logits.log_softmax(dim=-1)
+    for row, req in enumerate(requests):
+        for processor in req.params.logits_processors:
+            logits[row] = processor(req.output_token_ids, logits[row])
     apply_penalties(logits, requests)
     tokens = logits.argmax(dim=-1)
     random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
@@ -88,6 +103,100 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[in
         tokens[rows] = drawn
     token_list = tokens.tolist()
     return token_list, _logprobs(raw_logprobs, token_list, requests)
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list -> device tensor without a blocking copy."""
+    if device.type == "cpu":
+        return torch.tensor(values, dtype=dtype)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
+_noise_seeds = random.Random()  # keys for unseeded rows (private: never touches the global RNG)
+
+
+def _row_key(seed: int, draw: int) -> int:
+    """A Philox key for draw number `draw` of a seeded sequence: reproducible, whatever the batch."""
+    return (seed * 0x9E3779B97F4A7C15 + draw * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
+
+
+def sample_on_device(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[int], list[TokenLogprobs | None]]:
+    """The vectorized sampler: same order and semantics as `sample`, one device-to-host transfer.
+    On CUDA the draw is one Triton pass over the vocabulary (temperature + Gumbel-max, greedy rows
+    included); elsewhere (the tests) the same race in PyTorch ops."""
+    device = logits.device
+    params = [r.params for r in requests]
+    want_logprobs = any(p.logprobs is not None for p in params)
+    raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None
+    for row, req in enumerate(requests):
+        for processor in req.params.logits_processors:
+            logits[row] = processor(req.output_token_ids, logits[row])
+    apply_penalties(logits, requests)
+    greedy = [p.greedy for p in params]
+    if all(greedy):
+        choice = logits.argmax(dim=-1)
+    else:
+        temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
+        scaled = logits
+        if any(p.top_k or p.top_p < 1 or p.min_p > 0 for p, g in zip(params, greedy) if not g):
+            scaled = _filter(logits / _to_device(temps, logits.dtype, device)[:, None],
+                             _to_device([p.top_k for p in params], torch.long, device),
+                             _to_device([p.top_p for p in params], logits.dtype, device),
+                             _to_device([p.min_p for p in params], logits.dtype, device))
+            temps = [1.0] * len(params)
+        if fast_path(logits) and logits.is_cuda:
+            choice = _draw_triton(scaled, requests, greedy, temps)
+        else:
+            choice = _draw_torch(scaled, requests, greedy, temps)
+    if raw_logprobs is None:
+        return choice.tolist(), [None] * len(requests)
+    # Tokens, their logprobs and the top-k, packed into one float64 transfer (ids < 2**53 are exact).
+    k = max(p.logprobs or 0 for p in params)
+    columns = [choice[:, None].double(), raw_logprobs.gather(1, choice[:, None]).double()]
+    if k:
+        values, ids = raw_logprobs.topk(k, dim=-1)
+        columns += [values.double(), ids.double()]
+    rows = torch.cat(columns, dim=1).tolist()
+    tokens, out = [], []
+    for row, p in zip(rows, params):
+        token = int(row[0])
+        tokens.append(token)
+        if p.logprobs is None:
+            out.append(None)
+            continue
+        top = [(int(row[2 + k + j]), row[2 + j]) for j in range(p.logprobs)]
+        out.append(TokenLogprobs(token, row[1], top))
+    return tokens, out
+
+
+def _draw_triton(scaled: torch.Tensor, requests: list[SampleRequest], greedy: list[bool], temps: list[float]) -> torch.Tensor:
+    from ..layers import fused
+
+    base = _noise_seeds.getrandbits(62)
+    seeds = [
+        _row_key(r.seed, len(r.output_token_ids)) if r.seed is not None else base + row
+        for row, r in enumerate(requests)
+    ]
+    temperatures = [0.0 if g else t for g, t in zip(greedy, temps)]
+    return fused.gumbel_argmax(scaled, _to_device(temperatures, torch.float32, scaled.device),
+                               _to_device(seeds, torch.long, scaled.device))
+
+
+def _draw_torch(scaled: torch.Tensor, requests: list[SampleRequest], greedy: list[bool], temps: list[float]) -> torch.Tensor:
+    """The exponential race in PyTorch ops: argmax_i p_i / E_i == argmax_i (x_i / T - log E_i)."""
+    device = scaled.device
+    if len(set(t for t, g in zip(temps, greedy) if not g)) == 1:  # one temperature: no transfer
+        x = scaled / next(t for t, g in zip(temps, greedy) if not g)
+    else:
+        x = scaled / _to_device(temps, scaled.dtype, device)[:, None]
+    noise = torch.empty_like(x).exponential_()
+    for row, req in enumerate(requests):
+        if req.generator is not None and not greedy[row]:
+            noise[row].exponential_(generator=req.generator)
+    drawn = (x - noise.clamp_(min=torch.finfo(noise.dtype).tiny).log_()).argmax(dim=-1)
+    if not any(greedy):
+        return drawn
+    return torch.where(_to_device(greedy, torch.bool, device), scaled.argmax(dim=-1), drawn)
 
 
 def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:

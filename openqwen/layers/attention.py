@@ -7,25 +7,46 @@ last ones of its `context_lens[i]` cached tokens. Decode is the case query_len =
 The KV cache of a layer is two tensors [num_blocks, block_size, kv_heads, head_dim]; a token's
 slot is block_id * block_size + offset. This module writes the new keys/values into their slots,
 then attends each query to its sequence's context (causal within the new tokens).
+
+On CUDA (with Triton installed) the same steps run as Triton kernels (`triton_attention`): a fused
+cache store, paged decode attention and variable-length paged prefill attention; they read only
+device tensors, so a decode step can be captured in a CUDA graph. The CPU path is plain PyTorch.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+# OPENQWEN_NO_TRITON=1 keeps CUDA tensors on the PyTorch code (for comparisons and debugging).
+_TRITON_OFF = os.environ.get("OPENQWEN_NO_TRITON", "") not in ("", "0")
+# Tests only: set True (with TRITON_INTERPRET=1) to run the Triton path on CPU tensors, interpreted.
+_TRITON_ON_CPU = False
+
+
+def fast_path(x: torch.Tensor) -> bool:
+    """Whether the layers run their Triton kernels for this tensor (CUDA with Triton)."""
+    return (x.is_cuda or _TRITON_ON_CPU) and _HAS_TRITON and not _TRITON_OFF
+
 
 @dataclass
 class AttentionContext:
-    slot_mapping: torch.Tensor | None  # [T] int64: cache slot of each new token; None: no cache (scoring)
-    block_tables: torch.Tensor  # [B, max_blocks] int64 (padded with 0)
+    slot_mapping: torch.Tensor | None  # [T] int64: cache slot of each new token (-1: none); None: no cache (scoring)
+    block_tables: torch.Tensor  # [B, max_blocks] int64 or int32 (padded with 0)
     context_lens: torch.Tensor  # [B] int64: tokens in cache after this step (cached + new)
     query_lens: list[int]  # host copy, per sequence
     context_lens_host: list[int]  # host copy of context_lens
     block_size: int
+    # Device-side metadata for the Triton kernels (built by the model runner on CUDA):
+    cu_query_lens: torch.Tensor | None = None  # [B+1] int32: offsets of each sequence's new tokens
+    max_query_len: int = 0
+    decode_splits: int = 1  # split-K factor of the decode kernel (fixed per CUDA graph)
 
     @property
     def decode_only(self) -> bool:
@@ -45,6 +66,8 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """q [T, H, d], k/v [T, Hkv, d] -> [T, H*d]."""
         use_cache = ctx.slot_mapping is not None and self.k_cache.numel() > 0
+        if use_cache and fast_path(q):
+            return self._forward_triton(q, k, v, ctx)
         if use_cache:
             self.k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, k)
             self.v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, v)
@@ -53,6 +76,22 @@ class Attention(nn.Module):
         else:
             out = self._prefill(q, k, v, ctx)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+
+    def _forward_triton(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        from . import triton_attention as ta
+
+        ta.store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
+        if ctx.decode_only:
+            out = ta.decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.context_lens, self.scale,
+                                      ctx.decode_splits)
+        else:
+            cu, max_q = ctx.cu_query_lens, ctx.max_query_len
+            if cu is None:  # a context built without device metadata
+                lens = torch.tensor([0] + ctx.query_lens, dtype=torch.int32)
+                cu, max_q = lens.cumsum(0, dtype=torch.int32).to(q.device), max(ctx.query_lens)
+            out = ta.prefill_attention(q, self.k_cache, self.v_cache, ctx.block_tables, cu, ctx.context_lens, max_q,
+                                       self.scale)
+        return out.view(q.shape[0], self.num_heads * self.head_dim)
 
     def _gather(self, cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
         """A sequence's first `length` cached rows: [length, Hkv, d]."""
@@ -102,5 +141,8 @@ class Attention(nn.Module):
         if batch > 1 or max_len != ctx.context_lens_host[0]:
             pad = torch.arange(max_len, device=q.device)[None, :] >= ctx.context_lens[:, None]
             scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+            # Padding rows come from blocks of other sequences or never-written memory: zero them,
+            # since a weight of 0 times a NaN there would still be NaN.
+            v = v.masked_fill(pad[:, None, :, None], 0)
         probs = scores.softmax(dim=-1).to(v.dtype)
         return torch.matmul(probs, v).view(batch, self.num_heads, self.head_dim)

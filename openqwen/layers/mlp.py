@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import fast_path
+
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)), no biases."""
@@ -15,9 +17,20 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_packed = None  # set by layers.fused.pack_model: gate and up as one GEMM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_packed is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = self.gate_up_packed.packed(x)  # [T, 2I] = [gate | up]
+        if fast_path(h):
+            from . import fused
+
+            if type(self.down_proj) is fused.FastLinear:  # the activation fused into the GEMV
+                return fused.linear(h, self.down_proj.weight, self.down_proj.bias, silu_mul_input=True)
+            return self.down_proj(fused.silu_mul(h))
+        gate, up = h.chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Experts(nn.Module):

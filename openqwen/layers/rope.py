@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attention import fast_path
+
 
 def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
@@ -84,3 +86,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """x [T, heads, d]; cos/sin [T, d]."""
     cos, sin = cos[:, None, :], sin[:, None, :]
     return x * cos + rotate_half(x) * sin
+
+
+def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                    q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optional per-head RMSNorm of q and k (Qwen3), then RoPE on both: q [T, H, d], k [T, Hkv, d].
+    On CUDA one fused kernel rotates q and k in place."""
+    cos, sin = rope
+    d = q.shape[-1]
+    if fast_path(q) and d % 2 == 0 and (d // 2) & (d // 2 - 1) == 0 and q.stride(-1) == 1 and k.stride(-1) == 1:
+        from . import fused
+
+        return fused.qk_norm_rope(q, k, cos, sin, q_norm, k_norm)
+    if q_norm is not None:
+        q, k = q_norm(q), k_norm(k)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -13,7 +13,7 @@ from ..config import ModelArgs
 from ..layers.attention import Attention, AttentionContext
 from ..layers.mlp import SwiGLU
 from ..layers.norm import RMSNorm
-from ..layers.rope import RotaryEmbedding, apply_rotary
+from ..layers.rope import RotaryEmbedding, apply_rotary_qk
 
 
 class Qwen2Attention(nn.Module):
@@ -26,19 +26,22 @@ class Qwen2Attention(nn.Module):
         self.v_proj = nn.Linear(D, self.num_kv_heads * d, bias=args.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * d, D, bias=args.o_bias)
         self.attn = Attention(self.num_heads, self.num_kv_heads, d)
+        self.qkv_packed = None  # set by layers.fused.pack_model: q/k/v as one GEMM
 
-    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def qk_norms(self) -> tuple[nn.Module | None, nn.Module | None]:
         """Hook for Qwen3's per-head q/k RMSNorm (applied before RoPE); Qwen2 has none."""
-        return q, k
+        return None, None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext) -> torch.Tensor:
         T = x.shape[0]
-        q = self.q_proj(x).view(T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
-        q, k = self.normalize_qk(q, k)
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qkv_packed is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = self.qkv_packed(x)
+        q = q.view(T, self.num_heads, self.head_dim)
+        k = k.view(T, self.num_kv_heads, self.head_dim)
+        v = v.view(T, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary_qk(q, k, rope, *self.qk_norms())
         return self.o_proj(self.attn(q, k, v, ctx))
 
 
@@ -50,9 +53,18 @@ class Qwen2DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), rope, ctx)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
+                ctx: AttentionContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-norm block with the residual stream carried separately, so each residual add is
+        fused into the norm that follows it: returns (mlp output, residual); their sum is the
+        layer's output."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, rope, ctx)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class Qwen2Model(nn.Module):
@@ -68,9 +80,10 @@ class Qwen2Model(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(x, rope, ctx)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope, ctx)
+        return self.norm(x, residual)[0]
 
 
 class Qwen2ForCausalLM(nn.Module):

@@ -3,8 +3,6 @@ and per-head RMSNorm on q and k before RoPE."""
 
 from __future__ import annotations
 
-import torch
-
 from ..config import ModelArgs
 from ..layers.norm import RMSNorm
 from .qwen2 import Qwen2Attention, Qwen2ForCausalLM
@@ -16,8 +14,8 @@ class Qwen3Attention(Qwen2Attention):
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
 
-    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q_norm(q), self.k_norm(k)
+    def qk_norms(self) -> tuple[RMSNorm, RMSNorm]:
+        return self.q_norm, self.k_norm
 
 
 class Qwen3ForCausalLM(Qwen2ForCausalLM):

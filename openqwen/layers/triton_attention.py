@@ -1,0 +1,263 @@
+"""Triton kernels for attention over the paged KV cache (the CUDA path of `layers.attention`).
+
+Cache layout, as everywhere in openqwen: per layer K and V tensors [num_blocks, block_size, Hkv, d];
+token p of a sequence lives in block `block_table[p // block_size]` at row `p % block_size`.
+
+Three kernels:
+  * `store_kv`: the new tokens' K/V rows into their cache slots (slot -1: skip, used by padded
+    CUDA-graph rows).
+  * `decode_attention`: one query per sequence. One program per (sequence, KV head, split) handles
+    the whole query group of that KV head, so each cached K/V row is read once per group (GQA).
+    Long contexts can be split across programs (split-K, "flash decoding") when the batch alone
+    would leave most multiprocessors idle; a second small kernel merges the partial softmaxes.
+    The number of splits is fixed per launch shape (so a CUDA graph can hold it); each split covers
+    an equal share of its sequence's actual context, computed on the device.
+  * `prefill_attention`: variable-length query chunks (flat [T, H, d]; `cu_query_lens`) against the
+    paged cache, after the chunk's own K/V were stored: query i of a sequence with context length C
+    and L new tokens sees keys 0 .. C - L + i. Covers plain prefill, prefill after a cached prefix,
+    chunked prefill and mixed prefill/decode batches.
+
+Softmax runs in fp32 with the running max / sum of flash attention. These kernels are imported only
+on CUDA (or by the tests under TRITON_INTERPRET=1), so the package needs no Triton on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _store_kv_kernel(
+    K, V, K_cache, V_cache, Slots,
+    stride_kt, stride_vt,
+    ROW: tl.constexpr, BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0)
+    slot = tl.load(Slots + t).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = (offs < ROW) & (slot >= 0)
+    k = tl.load(K + t * stride_kt + offs, mask=mask)
+    v = tl.load(V + t * stride_vt + offs, mask=mask)
+    tl.store(K_cache + slot * ROW + offs, k, mask=mask)
+    tl.store(V_cache + slot * ROW + offs, v, mask=mask)
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """k, v [T, Hkv, d] (heads contiguous within a token) -> cache rows `slot_mapping` [T]."""
+    T, hkv, d = k.shape
+    assert k.stride(1) == d and k.stride(2) == 1 and v.stride(1) == d and v.stride(2) == 1
+    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    if T == 0:
+        return
+    row = hkv * d
+    _store_kv_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
+                           ROW=row, BLOCK=triton.next_power_of_2(row), num_warps=4 if row >= 1024 else 1)
+
+
+@triton.jit(do_not_specialize=["num_splits"])
+def _decode_kernel(
+    Q, K_cache, V_cache, Block_tables, Context_lens, Out, Part_out, Part_lse,
+    stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
+    scale, num_splits,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    ctx_len = tl.load(Context_lens + seq).to(tl.int32)
+    # This split's share of the context, in whole BLOCK_N tiles.
+    per_split = tl.cdiv(tl.cdiv(ctx_len, num_splits), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, ctx_len)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = kvh * GROUP + offs_g
+    g_mask = offs_g < GROUP
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    table = Block_tables + seq.to(tl.int64) * stride_bt
+    for n0 in range(start, end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        valid = pos < end
+        block = tl.load(table + pos // PAGE, mask=valid, other=0).to(tl.int64)
+        rows = block * stride_cb + (pos % PAGE) * stride_cs + kvh * stride_ch
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(K_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [G, N]
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    safe_l = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / safe_l[:, None]
+    out_mask = g_mask[:, None] & d_mask[None, :]
+    if not SPLIT:
+        tl.store(Out + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(Out.dtype.element_ty), mask=out_mask)
+    else:
+        # Part_out [B, H, S, BLOCK_D] fp32, Part_lse [B, H, S]; an empty split has lse = -inf.
+        num_heads = tl.num_programs(1) * GROUP
+        base = (seq * num_heads + heads) * num_splits + split
+        lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("-inf"))
+        tl.store(Part_lse + base, lse, mask=g_mask)
+        tl.store(Part_out + base[:, None] * BLOCK_D + offs_d[None, :], out, mask=out_mask)
+
+
+@triton.jit(do_not_specialize=["num_splits"])
+def _merge_splits_kernel(
+    Part_out, Part_lse, Out, stride_ot, stride_oh, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    base = (seq * tl.num_programs(1) + head) * num_splits
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < num_splits
+    lse = tl.load(Part_lse + base + offs_s, mask=s_mask, other=float("-inf"))
+    top = tl.max(lse, 0)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    w = tl.exp(lse - top)  # 0 for empty splits
+    parts = tl.load(Part_out + (base + offs_s)[:, None] * BLOCK_D + offs_d[None, :],
+                    mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    total = tl.sum(w, 0)
+    out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(Out + seq * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 models get full-precision dot products (the parity tests compare fp32 with transformers).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, num_sms: int = 132, max_splits: int = 16) -> int:
+    """Splits per sequence so that batch * kv_heads * splits fills the GPU about twice over."""
+    programs = batch * num_kv_heads
+    return max(1, min(max_splits, -(-2 * num_sms // programs)))
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                     context_lens: torch.Tensor, scale: float, num_splits: int = 1, *,
+                     block_n: int | None = None, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """q [B, H, d] (one new token per sequence, already in the cache) -> out [B, H, d].
+    The split count is a run-time argument (one compiled kernel serves every graph size)."""
+    B, H, d = q.shape
+    _, page, hkv, _ = k_cache.shape
+    assert q.stride(2) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1
+    group = H // hkv
+    out = torch.empty(B, H, d, dtype=q.dtype, device=q.device)
+    block_d = triton.next_power_of_2(d)
+    # tl.dot needs at least 16 rows: small query groups are padded (masked) up to 16.
+    block_g = max(16, triton.next_power_of_2(group))
+    if num_splits > 1:
+        part_out = torch.empty(B, H, num_splits, block_d, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
+    else:
+        part_out = part_lse = out  # unused
+    _decode_kernel[(B, hkv, num_splits)](
+        q, k_cache, v_cache, block_tables, context_lens, out, part_out, part_lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1), scale, num_splits,
+        GROUP=group, BLOCK_G=block_g, HEAD_DIM=d, BLOCK_D=block_d, PAGE=page,
+        BLOCK_N=block_n or (64 if d <= 128 else 32), SPLIT=num_splits > 1, PRECISION=_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if num_splits > 1:
+        _merge_splits_kernel[(B, H)](
+            part_out, part_lse, out, out.stride(0), out.stride(1), num_splits,
+            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_S=max(16, triton.next_power_of_2(num_splits)),
+            num_warps=1 if block_d <= 128 else 2,
+        )
+    return out
+
+
+@triton.jit
+def _prefill_kernel(
+    Q, K_cache, V_cache, Block_tables, Cu_q, Context_lens, Out,
+    stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
+    scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    mblock = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    kvh = head // GROUP
+    q_start = tl.load(Cu_q + seq).to(tl.int32)
+    q_len = tl.load(Cu_q + seq + 1).to(tl.int32) - q_start
+    ctx_len = tl.load(Context_lens + seq).to(tl.int32)
+    prefix = ctx_len - q_len  # keys already cached before this chunk
+
+    offs_m = mblock * BLOCK_M + tl.arange(0, BLOCK_M)  # query index within the chunk
+    m_mask = offs_m < q_len
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    tok = (q_start + offs_m).to(tl.int64)
+    q = tl.load(Q + tok[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Keys up to the last query's position; nothing for a query block past the chunk's end.
+    hi = tl.where(mblock * BLOCK_M < q_len, tl.minimum(ctx_len, prefix + (mblock + 1) * BLOCK_M), 0)
+    table = Block_tables + seq.to(tl.int64) * stride_bt
+    q_pos = prefix + offs_m
+    for n0 in range(0, hi, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        valid = pos < hi
+        block = tl.load(table + pos // PAGE, mask=valid, other=0).to(tl.int64)
+        rows = block * stride_cb + (pos % PAGE) * stride_cs + kvh * stride_ch
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(K_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [M, N]
+        s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(Out + tok[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                      cu_query_lens: torch.Tensor, context_lens: torch.Tensor, max_query_len: int,
+                      scale: float) -> torch.Tensor:
+    """q [T, H, d] of B sequences' new tokens (cu_query_lens [B+1]) -> out [T, H, d]."""
+    T, H, d = q.shape
+    _, page, hkv, _ = k_cache.shape
+    assert q.stride(2) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1
+    B = cu_query_lens.shape[0] - 1
+    out = torch.empty(T, H, d, dtype=q.dtype, device=q.device)
+    block_d = triton.next_power_of_2(d)
+    block_m = 64 if max_query_len > 32 else 16
+    block_n = 64 if d <= 128 else 32
+    grid = (triton.cdiv(max_query_len, block_m), B, H)
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, out,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1), scale,
+        GROUP=H // hkv, HEAD_DIM=d, BLOCK_D=block_d, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n,
+        PRECISION=_precision(q.dtype), num_warps=4, num_stages=2,
+    )
+    return out
