@@ -68,6 +68,14 @@ class ModelRunner:
                 self.graphs = DecodeGraphs(self._logits_of, device, block_size, max_blocks, max_graph_batch,
                                            self._decode_splits)
         self.use_cuda_graphs = bool(use_cuda_graphs) and self.graphs is not None
+        # CPU with quantized kernels: the matmuls run on the kernels' own thread pool, and PyTorch's
+        # OpenMP workers spinning beside it on the same cores made decode ~10x and a short prefill
+        # ~9x slower (measured on 2 cores). PyTorch's remaining ops (attention, norms) then run on
+        # the calling thread during our steps.
+        from ..kernels.quant import QuantLinear, native_available
+
+        self.torch_single_thread = (device.type == "cpu" and native_available()
+                                    and any(isinstance(m, QuantLinear) for m in model.modules()))
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tensor(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -144,9 +152,19 @@ class ModelRunner:
         if self.graphs is not None and self.use_cuda_graphs:
             self.graphs.capture(max_batch)
 
-    @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> dict[int, tuple[int, TokenLogprobs | None]]:
         """Run one step; returns seq_id -> (sampled token, logprobs) for rows that needed a sample."""
+        if not self.torch_single_thread:
+            return self._run(batch)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run(batch)
+        finally:
+            torch.set_num_threads(threads)
+
+    @torch.inference_mode()
+    def _run(self, batch: list[ScheduledSeq]) -> dict[int, tuple[int, TokenLogprobs | None]]:
         if not batch:
             return {}
         rows = [i for i, item in enumerate(batch) if item.needs_sample]
