@@ -173,6 +173,9 @@ def test_gguf_matches_tokenizer_json(from_gguf: Tokenizer, qwen3: Tokenizer) -> 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
 def test_gguf_matches_tokenizer_json_random(from_gguf: Tokenizer, qwen3: Tokenizer, text: str) -> None:
+    # Hypothesis also draws string constants from this module, <think> among them: Qwen3-only tokens.
+    for qwen3_only in ("<think>", "</think>", "<tool_response>", "</tool_response>"):
+        text = text.replace(qwen3_only, "")
     assert from_gguf.encode(text) == qwen3.encode(text)
 
 
