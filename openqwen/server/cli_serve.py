@@ -1,0 +1,107 @@
+"""`openqwen serve`: load a model and serve the OpenAI and Anthropic APIs plus a web chat page.
+
+Kept free of heavy imports at module level so `openqwen --help` stays fast; FastAPI, uvicorn and
+the model load only when the command runs. SIGTERM (or Ctrl-C) stops accepting connections, lets
+the streams in flight finish (up to --drain-timeout seconds), then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    from ..registry import DEFAULT_MODEL
+
+    p = subparsers.add_parser("serve", help="OpenAI- and Anthropic-compatible HTTP server with a web chat page")
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"path (HF directory or .gguf) or registry name (default {DEFAULT_MODEL})")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", action="append", default=None,
+                   help="name clients send as `model` (repeatable; default: the model's name)")
+    p.add_argument("--api-key", default=os.environ.get("OPENQWEN_API_KEY"),
+                   help="require this key as `Authorization: Bearer KEY` or `x-api-key` (default: $OPENQWEN_API_KEY, else none)")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="largest request body (default 8 MiB)")
+    g.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt (default: the context length)")
+    g.add_argument("--max-queue", type=int, default=256, help="sequences that may wait for a running slot before 429 (default 256)")
+    g.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to let streams finish on SIGTERM (default 60)")
+    e = p.add_argument_group("engine")
+    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    e.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
+    e.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    e.add_argument("--max-num-seqs", type=int, default=None, help="sequences decoded together (default 64)")
+    e.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size on the CPU (default 4)")
+    e.add_argument("--quantize", choices=["none", "q8_0", "q4_k"], default=None,
+                   help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints (default: as stored)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def served_name(model: str) -> str:
+    path = Path(model)
+    if path.exists():
+        return path.stem if path.is_file() else path.resolve().name
+    return model
+
+
+def configure_logging(level: str) -> None:
+    from .middleware import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in ("openqwen", "uvicorn"):  # uvicorn's own lines (startup, errors) as JSON too
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..llm import LLM
+    from .app import create_app
+    from .service import Limits
+
+    configure_logging(args.log_level)
+    log = logging.getLogger("openqwen.server")
+    for name in ("max_body_bytes", "max_queue", "port"):
+        if getattr(args, name) < (0 if name == "port" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    options = {k: getattr(args, k) for k in ("max_model_len", "max_num_seqs", "kv_cache_gb", "quantize") if getattr(args, k) is not None}
+    log.info("loading model", extra={"model": args.model})
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, **options)
+    names = args.served_model_name or [served_name(args.model)]
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue)
+    app = create_app(llm, names, api_key=args.api_key, limits=limits)
+    log.info("serving", extra={"model": names[0], "url": f"http://{args.host}:{args.port}", "load_seconds": round(llm.load_seconds, 1),
+                               "auth": bool(args.api_key)})
+    print(f"openqwen: serving {names[0]} on http://{args.host}:{args.port} (web chat at /, OpenAI and Anthropic APIs at /v1)",
+          file=sys.stderr, flush=True)
+    # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that
+    # one a no-op so a clean drain exits with status 0 instead of "killed by SIGTERM".
+    previous = signal.signal(signal.SIGTERM, lambda *_: log.info("drained; exiting"))
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None,
+                    timeout_graceful_shutdown=args.drain_timeout, timeout_keep_alive=5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m openqwen.server.cli_serve ...`: the same command without the `openqwen` CLI."""
+    parser = argparse.ArgumentParser(prog="openqwen")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return cmd_serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
