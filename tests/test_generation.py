@@ -154,3 +154,12 @@ def test_bad_prompts_are_clear_errors(models):
         llm.generate([[10**9]], greedy(2))
     with pytest.raises(ValueError, match="context"):
         llm.generate([[1] * 5000], greedy(2))
+
+
+def test_min_tokens_bans_eos_until_reached(models):
+    _, llm = models
+    eos = sorted(llm.engine.eos_token_ids)[0]
+    prefer_eos = lambda _, row: row.index_fill(0, torch.tensor([eos]), 1e4)  # noqa: E731
+    out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=12, min_tokens=5,
+                                                logits_processors=[prefer_eos]))[0].outputs[0]
+    assert len(out.token_ids) == 6 and eos not in out.token_ids[:5] and out.token_ids[5] == eos

@@ -57,7 +57,9 @@ class _Track:
         """Record a token; returns the stop string it completed, if any."""
         self.output.token_ids.append(token)
         if logprobs is not None:
-            self.output.logprobs = (self.output.logprobs or []) + [logprobs]
+            if self.output.logprobs is None:
+                self.output.logprobs = []
+            self.output.logprobs.append(logprobs)
         new_text = self.decoder.feed(token)
         self.full_text += new_text
         params = self.seq.sampling_params

@@ -187,7 +187,7 @@ class ModelRunner:
         sampled = [batch[i].seq for i in rows]
         requests = [
             SampleRequest(seq.sampling_params, seq.prompt_token_ids, seq.completion_token_ids, self._generator(seq),
-                          self._seed(seq))
+                          self._seed(seq), seq.eos_token_ids)
             for seq in sampled
         ]
         tokens, logprobs = sample(logits, requests)

@@ -31,6 +31,18 @@ class SampleRequest:
     output_token_ids: list[int]
     generator: torch.Generator | None  # set when the request has a seed
     seed: int | None = None  # the same seed as an integer: the GPU kernel derives its noise from it
+    eos_token_ids: frozenset[int] = frozenset()  # banned, with stop_token_ids, until min_tokens
+
+
+def apply_logits_processors(logits: torch.Tensor, requests: list[SampleRequest]) -> None:
+    """In place: user/grammar processors, then the min_tokens ban on EOS and stop tokens."""
+    for row, req in enumerate(requests):
+        for processor in req.params.logits_processors:
+            logits[row] = processor(req.output_token_ids, logits[row])
+        if len(req.output_token_ids) < req.params.min_tokens:
+            banned = [t for t in (*req.eos_token_ids, *req.params.stop_token_ids) if 0 <= t < logits.shape[-1]]
+            if banned:
+                logits[row, banned] = float("-inf")
 
 
 @dataclass
@@ -79,9 +91,7 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[in
     raw_logprobs = None
     if any(r.params.logprobs is not None for r in requests):
         raw_logprobs = logits.log_softmax(dim=-1)
-    for row, req in enumerate(requests):
-        for processor in req.params.logits_processors:
-            logits[row] = processor(req.output_token_ids, logits[row])
+    apply_logits_processors(logits, requests)
     apply_penalties(logits, requests)
     tokens = logits.argmax(dim=-1)
     random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
@@ -128,9 +138,7 @@ def sample_on_device(logits: torch.Tensor, requests: list[SampleRequest]) -> tup
     params = [r.params for r in requests]
     want_logprobs = any(p.logprobs is not None for p in params)
     raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None
-    for row, req in enumerate(requests):
-        for processor in req.params.logits_processors:
-            logits[row] = processor(req.output_token_ids, logits[row])
+    apply_logits_processors(logits, requests)
     apply_penalties(logits, requests)
     greedy = [p.greedy for p in params]
     if all(greedy):
