@@ -16,6 +16,7 @@ import os
 import torch
 from torch import nn
 
+from ..kernels.quant import DENSE_MIN_ROWS
 from ..layers.attention import Attention, AttentionContext, fast_path
 from .sampler import SampleRequest, TokenLogprobs, sample
 from .scheduler import ScheduledSeq
@@ -70,8 +71,9 @@ class ModelRunner:
         self.use_cuda_graphs = bool(use_cuda_graphs) and self.graphs is not None
         # CPU with quantized kernels: the matmuls run on the kernels' own thread pool, and PyTorch's
         # OpenMP workers spinning beside it on the same cores made decode ~10x and a short prefill
-        # ~9x slower (measured on 2 cores). PyTorch's remaining ops (attention, norms) then run on
-        # the calling thread during our steps.
+        # ~9x slower (measured on 2 cores). Small steps therefore run PyTorch's remaining ops
+        # (attention, norms) on the calling thread; steps of DENSE_MIN_ROWS tokens or more use
+        # PyTorch's sgemm on dequantized weights, with all its threads.
         from ..kernels.quant import QuantLinear, native_available
 
         self.torch_single_thread = (device.type == "cpu" and native_available()
@@ -154,7 +156,7 @@ class ModelRunner:
 
     def run(self, batch: list[ScheduledSeq]) -> dict[int, tuple[int, TokenLogprobs | None]]:
         """Run one step; returns seq_id -> (sampled token, logprobs) for rows that needed a sample."""
-        if not self.torch_single_thread:
+        if not self.torch_single_thread or sum(item.num_new_tokens for item in batch) >= DENSE_MIN_ROWS:
             return self._run(batch)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
