@@ -140,7 +140,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     p.add_argument("--skip", default="")
+    p.add_argument("--render", action="store_true", help="only rewrite cpu.md from cpu.json")
     a = p.parse_args()
+    if a.render:
+        (RESULTS / "cpu.md").write_text(render(json.loads((RESULTS / "cpu.json").read_text())))
+        return
     from openqwen.bench import hardware
     from openqwen.registry import resolve_model
 
@@ -170,13 +174,18 @@ def main() -> None:
 
 def render(r: dict) -> str:
     lines = [f"# CPU benchmarks\n\n{r['hardware']}; model {r['model']}\n"]
-    for key, title in (("decode_128_256", "Batch-1 decode, 128 prompt / 256 new tokens"),
-                       ("ttft_2000", "Time to first token, 2,000-token prompt")):
-        if key in r:
-            lines += [f"## {title}\n", "| runtime | load s | prefill tok/s | TTFT s | decode tok/s | peak RSS MB |", "|---|---|---|---|---|---|"]
-            lines += [f"| {x['runtime']} | {x['load_s']:.1f} | {x['prefill_tok_s']:.0f} | {x['prefill_s']:.2f} | "
-                      f"{x['decode_tok_s']:.1f} | {x['peak_rss_mb']:.0f} |" for x in r[key]]
-            lines.append("")
+    if "decode_128_256" in r:
+        lines += ["## Batch-1 decode, 128 prompt / 256 new tokens\n",
+                  "| runtime | load s | prefill tok/s | decode tok/s | peak RSS MB |", "|---|---|---|---|---|"]
+        lines += [f"| {x['runtime']} | {x['load_s']:.1f} | {x['prefill_tok_s']:.0f} | {x['decode_tok_s']:.1f} | "
+                  f"{x['peak_rss_mb']:.0f} |" for x in r["decode_128_256"]]
+        lines.append("")
+    if "ttft_2000" in r:
+        lines += ["## Time to first token, 2,000-token prompt\n",
+                  "| runtime | TTFT s | prefill tok/s | peak RSS MB |", "|---|---|---|---|"]
+        lines += [f"| {x['runtime']} | {x['prefill_s']:.2f} | {x['prefill_tok_s']:.0f} | {x['peak_rss_mb']:.0f} |"
+                  for x in r["ttft_2000"]]
+        lines.append("")
     if "throughput" in r:
         t = r["throughput"]
         lines += [f"## Throughput: {t['requests']} requests, lengths in {t['lengths']}, temperature 0.6, ignore_eos\n",
