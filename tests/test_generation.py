@@ -163,3 +163,15 @@ def test_min_tokens_bans_eos_until_reached(models):
     out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=12, min_tokens=5,
                                                 logits_processors=[prefer_eos]))[0].outputs[0]
     assert len(out.token_ids) == 6 and eos not in out.token_ids[:5] and out.token_ids[5] == eos
+
+
+def test_stop_string_on_the_last_allowed_token_reports_stop(models):
+    """The stop string completes on the max_tokens-th token: the reply ends at the stop string,
+    so the reason is "stop", not "length"."""
+    _, llm = models
+    full = llm.generate([PROMPT], greedy(8))[0].outputs[0].text
+    stop = full[-2:] if len(full) >= 2 and full.find(full[-2:]) == len(full) - 2 else full[-1:]
+    assert stop and full.find(stop) == len(full) - len(stop)
+    out = llm.generate([PROMPT], greedy(8, stop=[stop]))[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop
+    assert out.text == full[: len(full) - len(stop)]

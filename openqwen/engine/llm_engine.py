@@ -158,15 +158,16 @@ class LLMEngine:
         results = self.runner.run(plan.scheduled)
         finished = self.scheduler.update(plan, {seq_id: tok for seq_id, (tok, _) in results.items()})
         finished_ids = {seq.seq_id for seq in finished}
-        touched: dict[str, _Request] = {}
+        touched: dict[str, None] = {}  # request ids in the order they advanced
         for seq_id, (token, logprobs) in results.items():
             track = self._track_of[seq_id]
             stop = track.add_token(token, logprobs)
-            if seq_id in finished_ids:
-                track.finish(track.seq.finish_reason, token if track.seq.finish_reason == "stop" else None)
-            elif stop is not None:
-                self.scheduler.finish(track.seq, "stop")
+            if stop is not None:  # a stop string wins over EOS or length in the same step: the text was cut there
+                if seq_id not in finished_ids:
+                    self.scheduler.finish(track.seq, "stop")
                 track.finish("stop", stop)
+            elif seq_id in finished_ids:
+                track.finish(track.seq.finish_reason, token if track.seq.finish_reason == "stop" else None)
             touched[track.request_id] = None
         for seq in finished:  # finished without a sample this step (e.g. context full)
             track = self._track_of.get(seq.seq_id)
