@@ -1,4 +1,4 @@
-"""Builds the optional native kernels, openqwen._quant_native.
+"""Builds the optional native kernels, openqwen._quant_native: quantized matmuls and the decode step.
 
 The extension is a plain CPython module (no torch headers), so it builds inside pip's isolated
 build environment with only a C++ compiler. `optional=True` lets `pip install` succeed without one;
@@ -11,6 +11,9 @@ from setuptools import Extension, setup
 
 SOURCES = [
     "csrc/quant_module.cpp",
+    "csrc/matmul.cpp",
+    "csrc/decode.cpp",
+    "csrc/vec_ops.cpp",
     "csrc/quant_scalar.cpp",
     "csrc/quant_avx2.cpp",
     "csrc/quant_neon.cpp",
@@ -32,7 +35,7 @@ setup(
         Extension(
             "openqwen._quant_native",
             sources=SOURCES,
-            depends=["csrc/quant_common.h", "csrc/thread_pool.h"],
+            depends=["csrc/quant_common.h", "csrc/thread_pool.h", "csrc/matmul.h", "csrc/decode.h", "csrc/vec_ops.h"],
             language="c++",
             extra_compile_args=COMPILE_ARGS,
             extra_link_args=LINK_ARGS,

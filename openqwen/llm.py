@@ -18,18 +18,20 @@ from .engine.llm_engine import LLMEngine, RequestOutput
 from .engine.sampling_params import SamplingParams
 from .loading import LoadedModel, load_model
 from .registry import DEFAULT_MODEL
-from .tokenizer.parsers import parse_tool_calls, prompt_opens_reasoning, split_reasoning
+from .tokenizer.parsers import parse_reply, prompt_opens_reasoning
 
 Messages = list[dict[str, Any]]
 
 
 class LLM:
-    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, **engine_options: Any) -> None:
-        """`model`: a Hugging Face directory, a .gguf file or a registry name. `engine_options`:
-        max_model_len, max_num_seqs, max_num_batched_tokens, block_size, kv_cache_gb,
-        gpu_memory_utilization, enable_prefix_caching, quantize."""
+    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, *,
+                 enforce_eager: bool = False, **engine_options: Any) -> None:
+        """`model`: a Hugging Face directory, a .gguf file or a registry name. `enforce_eager`: run
+        every step eagerly, without CUDA graphs (vLLM's name). `engine_options`: max_model_len,
+        max_num_seqs, max_num_batched_tokens, block_size, kv_cache_gb, gpu_memory_utilization,
+        enable_prefix_caching, quantize."""
         start = time.perf_counter()
-        self.loaded: LoadedModel = load_model(model, device=device, dtype=dtype, **engine_options)
+        self.loaded: LoadedModel = load_model(model, device=device, dtype=dtype, enforce_eager=enforce_eager, **engine_options)
         self.engine: LLMEngine = self.loaded.engine
         self.tokenizer = self.loaded.tokenizer
         self.load_seconds = time.perf_counter() - start
@@ -80,8 +82,10 @@ class LLM:
 
     @staticmethod
     def parse_reply(completion, prompt: str, tools: list[dict] | None) -> None:
-        reasoning, content = split_reasoning(completion.text, starts_in_reasoning=prompt_opens_reasoning(prompt))
-        content, calls = parse_tool_calls(content, tools)
+        """Split `completion.text` in place, as the server does for tool_choice auto: with tools, a
+        reply that is only one tool's call JSON (small models write that) counts as the call."""
+        reasoning, content, calls = parse_reply(completion.text, starts_in_reasoning=prompt_opens_reasoning(prompt),
+                                                tools=tools, bare_json_calls=bool(tools))
         completion.reasoning_content = reasoning
         completion.tool_calls = calls
         completion.text = content

@@ -84,10 +84,11 @@ def open_checkpoint(path: Path) -> SafetensorsDir | GGUFFile:
 def load_model(model: str, device: str | None = None, dtype: str | None = None, *, max_model_len: int | None = None,
                max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, block_size: int = 16,
                kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.9,
-               enable_prefix_caching: bool = True, quantize: str | None = None) -> LoadedModel:
+               enable_prefix_caching: bool = True, quantize: str | None = None, enforce_eager: bool = False) -> LoadedModel:
     """`quantize`: None keeps GGUF-quantized weights quantized on the CPU (our kernels) and dense
     weights dense; "none" dequantizes everything to `dtype`; "q8_0" / "q4_k" quantize the dense
-    linear weights of any checkpoint for the CPU kernels."""
+    linear weights of any checkpoint for the CPU kernels. `enforce_eager`: no CUDA graphs (otherwise
+    the runner decides: on for CUDA unless OPENQWEN_ENFORCE_EAGER=1)."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}; use one of none, q8_0, q4_k")
     path = resolve_model(model)
@@ -114,7 +115,7 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
 
     max_len = min(max_model_len or args.max_position_embeddings, args.max_position_embeddings)
     num_blocks = _num_kv_blocks(net, dev, torch_dtype, block_size, max_len, kv_cache_gb, gpu_memory_utilization)
-    runner = ModelRunner(net, dev, torch_dtype, block_size, num_blocks)
+    runner = ModelRunner(net, dev, torch_dtype, block_size, num_blocks, use_cuda_graphs=False if enforce_eager else None)
     engine = LLMEngine(runner, tokenizer, eos_ids, max_len, max_num_seqs, max(max_num_batched_tokens, block_size),
                        enable_prefix_caching)
     sampling = {k: generation[k] for k in _SAMPLING_KEYS if k in generation}

@@ -67,3 +67,24 @@ def test_errors_are_one_line(tiny, args, message):
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("openqwen: error:")]
     assert len(error_lines) == 1 and message in error_lines[0], proc.stderr
+
+
+def test_serve_enforce_eager_flag_reaches_llm(monkeypatch):
+    """`openqwen serve --enforce-eager` builds its LLM with enforce_eager=True (stopped before serving)."""
+    pytest.importorskip("uvicorn")
+    import openqwen.llm
+    from openqwen.cli import build_parser
+    from openqwen.server import cli_serve
+
+    class Loaded(Exception):
+        pass
+
+    def fake_llm(*args, **kwargs):
+        raise Loaded(kwargs)
+
+    monkeypatch.setattr(openqwen.llm, "LLM", fake_llm)
+    monkeypatch.setattr(cli_serve, "configure_logging", lambda level: None)
+    for flags, expected in (([], False), (["--enforce-eager"], True)):
+        with pytest.raises(Loaded) as loaded:
+            cli_serve.cmd_serve(build_parser().parse_args(["serve", "--model", "m", *flags]))
+        assert loaded.value.args[0]["enforce_eager"] is expected

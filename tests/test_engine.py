@@ -42,6 +42,23 @@ def test_batched_equals_single(model_dir, singles):
     assert [o.outputs[0].token_ids for o in outs] == singles
 
 
+def test_enforce_eager_reaches_the_runner(model_dir, singles, monkeypatch):
+    """LLM(enforce_eager=True) builds its ModelRunner with CUDA graphs off, and generates as usual."""
+    from openqwen import loading
+
+    seen = {}
+    runner_class = loading.ModelRunner
+
+    def recording_runner(*args, **kwargs):
+        seen.update(kwargs)
+        return runner_class(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "ModelRunner", recording_runner)
+    llm = load(model_dir, kv_cache_gb=0.05, enforce_eager=True)
+    assert seen["use_cuda_graphs"] is False and llm.engine.runner.use_cuda_graphs is False
+    assert llm.generate([prompts(8)[0]], GREEDY)[0].outputs[0].token_ids == singles[0]
+
+
 def test_continuous_batching_equals_single(model_dir, singles):
     """Requests join while others are mid-decode; chunked prefill with a small token budget."""
     llm = load(model_dir, kv_cache_gb=0.05, max_num_batched_tokens=24, max_num_seqs=3)

@@ -1,15 +1,25 @@
-"""Reasoning / tool-call parsing of model output: whole texts, malformed input, streamed deltas."""
+"""Reasoning / tool-call parsing of model output: whole texts, malformed input, bare JSON calls,
+streamed deltas."""
 
 from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openqwen.tokenizer import StreamParser, ToolCall, parse_tool_calls, prompt_opens_reasoning, split_reasoning
+from openqwen.tokenizer import (
+    StreamParser,
+    ToolCall,
+    bare_json_tool_call,
+    parse_reply,
+    parse_tool_calls,
+    prompt_opens_reasoning,
+    split_reasoning,
+)
 
 TOOLS = [
     {
@@ -198,12 +208,73 @@ def test_bad_block_between_good_ones() -> None:
     assert content == "<tool_call>oops</tool_call>" and [c.name for c in calls] == ["a", "b"]
 
 
+# -- bare JSON calls (small models skip the <tool_call> tags) ----------------------------------------
+
+BARE_REPLIES = [
+    ('```json\n{\n  "name": "edit",\n  "arguments": {"line": 2}\n}\n```', ("edit", {"line": 2})),
+    ('  {"name": "bare", "arguments": {}}\n', ("bare", {})),
+    ('```json \n\n{"name": "edit", "parameters": {"path": "a"}}\n```', ("edit", {"path": "a"})),
+    ('```\n{"name": "edit", "arguments": "{\\"line\\": 1}"}\n```', ("edit", {"line": 1})),
+    ('{"name": "unknown", "arguments": {}}', None),  # not one of the tools
+    ('{"answer": 42}', None),  # JSON, but not a call
+    ('{"name": "edit", "arguments": {}} {"name": "bare", "arguments": {}}', None),  # two objects
+    ('Sure: {"name": "edit", "arguments": {}}', None),  # words around it
+    ('```json\n{"name": "edit", "arguments": {}}', None),  # fence never closed
+    ("```python\nprint(1)\n```", None),
+    ("Plain words.", None),
+]
+
+
+@pytest.mark.parametrize("reply, call", BARE_REPLIES, ids=range(len(BARE_REPLIES)))
+def test_bare_json_tool_call(reply: str, call) -> None:
+    found = bare_json_tool_call(reply, TOOLS)
+    assert (found.name, args(found)) == call if call else found is None
+    assert bare_json_tool_call(reply, None) is None  # no tools, no call
+    expected = (None, "", [found]) if call else (None, reply, [])
+    assert parse_reply(reply, starts_in_reasoning=False, tools=TOOLS, bare_json_calls=True) == expected
+    assert parse_reply(reply, starts_in_reasoning=False, tools=TOOLS) == (None, reply, [])  # only when asked
+    for cuts in ([], [1], [5, 9], list(range(1, len(reply)))):
+        assert _streamed(reply, cuts, tools=TOOLS, bare_json_calls=True) == expected
+
+
+def test_bare_call_after_reasoning_and_not_beside_a_tagged_call() -> None:
+    text = '<think>\nplan\n</think>\n\n{"name": "edit", "arguments": {"line": 1}}'
+    reasoning, content, calls = parse_reply(text, starts_in_reasoning=False, tools=TOOLS, bare_json_calls=True)
+    assert (reasoning, content, [(c.name, args(c)) for c in calls]) == ("plan", "", [("edit", {"line": 1})])
+    text = '{"name": "edit", "arguments": {}}\n' + hermes("bare", {})  # a tagged call: the JSON stays text
+    reasoning, content, calls = parse_reply(text, starts_in_reasoning=False, tools=TOOLS, bare_json_calls=True)
+    assert content == '{"name": "edit", "arguments": {}}' and [c.name for c in calls] == ["bare"]
+    assert _streamed(text, [7, 30], tools=TOOLS, bare_json_calls=True) == (reasoning, content, calls)
+
+
+def test_llm_chat_takes_bare_calls_when_tools_were_given() -> None:
+    from openqwen import LLM
+
+    reply = '{"name": "edit", "arguments": {"line": 1}}'
+    completion = SimpleNamespace(text=reply)
+    LLM.parse_reply(completion, "<|im_start|>assistant\n", TOOLS)
+    assert completion.text == "" and [(c.name, args(c)) for c in completion.tool_calls] == [("edit", {"line": 1})]
+    completion = SimpleNamespace(text=reply)
+    LLM.parse_reply(completion, "<|im_start|>assistant\n", None)
+    assert completion.text == reply and completion.tool_calls == []
+
+
+def test_stream_holds_content_only_while_it_may_be_a_bare_call() -> None:
+    parser = StreamParser(tools=TOOLS, bare_json_calls=True)
+    assert parser.feed("``") == [] and parser.feed("`js") == []
+    assert parser.feed("on\n{") == [] and parser.feed('"name": "edit"}\n') == []
+    assert parser.feed("``") == [] and [(k, v.name) for k, v in parser.feed("`") + parser.finish()] == [("tool_call", "edit")]
+    parser = StreamParser(tools=TOOLS, bare_json_calls=True)
+    assert parser.feed("```py") == [("content", "```py")]  # cannot become a call: streams at once
+    assert parser.feed("thon\n") == [("content", "thon")]  # (a trailing newline waits, as always)
+
+
 # -- streaming ------------------------------------------------------------------------------------
 
 
-def _streamed(text: str, cuts: list[int], starts_in_reasoning: bool = False, tools=None):
+def _streamed(text: str, cuts: list[int], starts_in_reasoning: bool = False, tools=None, bare_json_calls: bool = False):
     """Feed `text` cut at `cuts`; returns (reasoning or None, content, calls) from the joined events."""
-    parser = StreamParser(starts_in_reasoning=starts_in_reasoning, tools=tools)
+    parser = StreamParser(starts_in_reasoning=starts_in_reasoning, tools=tools, bare_json_calls=bare_json_calls)
     bounds = [0, *sorted(set(cuts)), len(text)]
     events = [e for a, b in zip(bounds, bounds[1:]) for e in parser.feed(text[a:b])] + parser.finish()
     reasoning = "".join(v for k, v in events if k == "reasoning")
@@ -211,9 +282,9 @@ def _streamed(text: str, cuts: list[int], starts_in_reasoning: bool = False, too
     return reasoning or None, content, [v for k, v in events if k == "tool_call"]
 
 
-def _whole(text: str, starts_in_reasoning: bool = False, tools=None):
-    reasoning, content = split_reasoning(text, starts_in_reasoning=starts_in_reasoning)
-    content, calls = parse_tool_calls(content, tools)
+def _whole(text: str, starts_in_reasoning: bool = False, tools=None, bare_json_calls: bool = False):
+    reasoning, content, calls = parse_reply(text, starts_in_reasoning=starts_in_reasoning, tools=tools,
+                                            bare_json_calls=bare_json_calls)
     return reasoning or None, content, calls
 
 
@@ -244,19 +315,21 @@ FRAGMENTS = st.sampled_from(
      "</parameter>", '{"name": "f", "arguments": {"a": 1}}', '{"name": "g"}', "{", "}", "\n", "\n\n", " ", "  ",
      "x", "hello world", "42", "<", "</", "<tool", "call>", "think>", "東京", "😀", hermes("f", {"a": 1}),
      xml("edit", line="3"), "<tool_call>\n<function=edit>\n<parameter=line>\n",
-     "\n</parameter>\n</function>\n</tool_call>"]
+     "\n</parameter>\n</function>\n</tool_call>", "```json\n", "```", "\n```", "json", " \t",
+     '{"name": "edit", "arguments": {"line": 1}}', '{"name": "bare"']
 )
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(FRAGMENTS, max_size=14), st.booleans(), st.data())
-def test_streaming_equals_whole_fuzz(fragments: list[str], starts_in_reasoning: bool, data) -> None:
+@given(st.lists(FRAGMENTS, max_size=14), st.booleans(), st.booleans(), st.data())
+def test_streaming_equals_whole_fuzz(fragments: list[str], starts_in_reasoning: bool, bare_json_calls: bool, data) -> None:
     text = "".join(fragments)
     tail = text[text.find("</think>") + 1 :]
     if "</think>" in tail:
         text = text[: text.find("</think>") + 1] + tail.replace("</think>", "")  # one </think> at most
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))
-    assert _streamed(text, cuts, starts_in_reasoning, TOOLS) == _whole(text, starts_in_reasoning, TOOLS)
+    expected = _whole(text, starts_in_reasoning, TOOLS, bare_json_calls)
+    assert _streamed(text, cuts, starts_in_reasoning, TOOLS, bare_json_calls) == expected
 
 
 def test_stream_holds_partial_tags() -> None:

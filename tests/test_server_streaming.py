@@ -110,14 +110,11 @@ def test_anthropic_empty_reply_still_has_a_text_block_and_max_tokens():
 
 @pytest.mark.parametrize("reply, call", [
     ('```json\n{\n  "name": "a",\n  "arguments": {"x": 2}\n}\n```', ("a", {"x": 2})),
-    ('{"name": "b", "arguments": {}}', ("b", {})),
     ('{"name": "unknown", "arguments": {}}', None),
-    ("```python\nprint(1)\n```", None),
-    ("Plain words.", None),
 ])
 def test_bare_json_tool_call_fallback_when_streaming(reply, call):
-    """Small models answer a tool request with the call's JSON alone; with tool_choice auto that
-    reply becomes a tool call, and anything else streams as text unchanged."""
+    """ParseOptions.bare_json_calls reaches the stream: a bare call's JSON becomes a tool-call
+    chunk, anything else streams as text unchanged (the cases: tests/test_parsers.py)."""
     handle = FakeHandle(reply, bare=True)
     body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], stream=True)
     frames = asyncio.run(_drain(openai_api._stream(SimpleNamespace(tokenizer=None), handle, "c", 0, body, include_usage=False)))

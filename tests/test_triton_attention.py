@@ -37,7 +37,8 @@ if not CUDA:
 
     _interp._patch_lang_tensor = _patch_lang_tensor
 
-from openqwen.layers import fused  # noqa: E402
+from openqwen.engine.triton_sampler import gumbel_argmax  # noqa: E402
+from openqwen.layers import fused, fused_ops  # noqa: E402
 from openqwen.layers import triton_attention as ta  # noqa: E402
 from openqwen.layers.norm import RMSNorm  # noqa: E402
 from openqwen.layers.rope import apply_rotary  # noqa: E402
@@ -157,8 +158,8 @@ def test_rmsnorm_and_residual(dtype):
     r = torch.randn(5, 96, generator=gen).to(dtype).to(DEVICE)
     with torch.no_grad():
         ref_y, ref_r = norm._norm(x + r), x + r
-        y, new_r = fused.rmsnorm(x, norm.weight, norm.eps, r)
-        plain = fused.rmsnorm(x, norm.weight, norm.eps)
+        y, new_r = fused_ops.rmsnorm(x, norm.weight, norm.eps, r)
+        plain = fused_ops.rmsnorm(x, norm.weight, norm.eps)
         assert torch.equal(new_r, ref_r)
         assert rel_err(y, ref_y) < FUSED_TOL[dtype] and rel_err(plain, norm._norm(x)) < FUSED_TOL[dtype]
 
@@ -183,7 +184,7 @@ def test_qk_norm_rope_in_place(dtype, with_norm):
     with torch.no_grad():
         rq, rk = (norms[0](q), norms[1](k)) if with_norm else (q, k)
         rq, rk = apply_rotary(rq, cos, sin), apply_rotary(rk, cos, sin)
-        fused.qk_norm_rope(q, k, cos, sin, *norms)
+        fused_ops.qk_norm_rope(q, k, cos, sin, *norms)
     assert rel_err(q, rq) < FUSED_TOL[dtype] and rel_err(k, rk) < FUSED_TOL[dtype]
     assert torch.equal(qkv[:, (H + Hkv) * d:], qkv[:, (H + Hkv) * d:])  # v untouched (trivially) and no crash
 
@@ -194,7 +195,7 @@ def test_silu_mul(dtype):
     x = torch.randn(3, 2 * 80, generator=gen).to(dtype).to(DEVICE)
     gate, up = x.chunk(2, -1)
     ref = torch.nn.functional.silu(gate) * up
-    assert rel_err(fused.silu_mul(x), ref) < FUSED_TOL[dtype]
+    assert rel_err(fused_ops.silu_mul(x), ref) < FUSED_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -219,16 +220,16 @@ def test_gumbel_argmax_sampler_kernel():
     gen = torch.Generator().manual_seed(8)
     logits = torch.randn(3, 3000, generator=gen).to(DEVICE)
     logits[1, 2999] = 50.0  # in the last part
-    greedy = fused.gumbel_argmax(logits, torch.zeros(3, device=DEVICE), torch.arange(3, device=DEVICE), num_parts=4)
+    greedy = gumbel_argmax(logits, torch.zeros(3, device=DEVICE), torch.arange(3, device=DEVICE), num_parts=4)
     assert greedy.tolist() == logits.argmax(-1).tolist()
     rows, base = 2000 if CUDA else 300, torch.tensor([1.5, 0.5, 0.0, -1.0, float("-inf")])
     temps = torch.full((rows,), 0.7, device=DEVICE)
     seeds = torch.arange(rows, device=DEVICE) * 7919 + 3
-    drawn = fused.gumbel_argmax(base.repeat(rows, 1).to(DEVICE), temps, seeds, num_parts=1)
+    drawn = gumbel_argmax(base.repeat(rows, 1).to(DEVICE), temps, seeds, num_parts=1)
     freq = torch.bincount(drawn.cpu(), minlength=5).float() / rows
     expected = (base / 0.7).softmax(-1)
     assert freq[4] == 0 and (freq - expected).abs().max() < 1.6 / rows ** 0.5, (freq, expected)  # ~3 sigma
-    again = fused.gumbel_argmax(base.repeat(20, 1).to(DEVICE), temps[:20], seeds[:20], num_parts=1)
+    again = gumbel_argmax(base.repeat(20, 1).to(DEVICE), temps[:20], seeds[:20], num_parts=1)
     assert torch.equal(drawn[:20], again)
 
 

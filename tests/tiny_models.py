@@ -55,13 +55,14 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 
-def make_hf_model(name: str, out_dir: Path, seed: int = 0):
-    """Build the transformers model for CONFIGS[name], save it with the Qwen3 tokenizer; returns it (fp32, eval)."""
+def make_hf_model(name: str, out_dir: Path, seed: int = 0, **overrides):
+    """Build the transformers model for CONFIGS[name] (with config `overrides`), save it with the
+    Qwen3 tokenizer; returns it (fp32, eval)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, extra = CONFIGS[name]
-    config = AutoConfig.for_model(model_type, **{**BASE, **extra})
+    config = AutoConfig.for_model(model_type, **{**BASE, **extra, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     model.save_pretrained(out_dir)

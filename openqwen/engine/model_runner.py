@@ -16,6 +16,7 @@ import os
 import torch
 from torch import nn
 
+from ..kernels.native_decode import NativeDecoder
 from ..kernels.quant import DENSE_MIN_ROWS
 from ..layers.attention import Attention, AttentionContext, fast_path
 from .sampler import SampleRequest, TokenLogprobs, sample
@@ -78,6 +79,8 @@ class ModelRunner:
 
         self.torch_single_thread = (device.type == "cpu" and native_available()
                                     and any(isinstance(m, QuantLinear) for m in model.modules()))
+        # Decode-only steps of dense quantized models run all layers in one native call.
+        self.native_decoder = NativeDecoder.build(model) if device.type == "cpu" else None
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tensor(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -178,7 +181,10 @@ class ModelRunner:
                 logits = logits[self._tensor(rows)]
         else:
             input_ids, positions, ctx = self._prepare(batch)
-            hidden = self.model(input_ids, positions, ctx)
+            if self.native_decoder is not None and ctx.decode_only:
+                hidden = self.native_decoder(input_ids, positions, ctx)
+            else:
+                hidden = self.model(input_ids, positions, ctx)
             if not rows:
                 return {}
             offsets, last_rows = 0, []

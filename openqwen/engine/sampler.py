@@ -178,7 +178,7 @@ def sample_on_device(logits: torch.Tensor, requests: list[SampleRequest]) -> tup
 
 
 def _draw_triton(scaled: torch.Tensor, requests: list[SampleRequest], greedy: list[bool], temps: list[float]) -> torch.Tensor:
-    from ..layers import fused
+    from .triton_sampler import gumbel_argmax
 
     base = _noise_seeds.getrandbits(62)
     seeds = [
@@ -186,8 +186,8 @@ def _draw_triton(scaled: torch.Tensor, requests: list[SampleRequest], greedy: li
         for row, r in enumerate(requests)
     ]
     temperatures = [0.0 if g else t for g, t in zip(greedy, temps)]
-    return fused.gumbel_argmax(scaled, _to_device(temperatures, torch.float32, scaled.device),
-                               _to_device(seeds, torch.long, scaled.device))
+    return gumbel_argmax(scaled, _to_device(temperatures, torch.float32, scaled.device),
+                         _to_device(seeds, torch.long, scaled.device))
 
 
 def _draw_torch(scaled: torch.Tensor, requests: list[SampleRequest], greedy: list[bool], temps: list[float]) -> torch.Tensor:

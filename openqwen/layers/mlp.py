@@ -24,11 +24,12 @@ class SwiGLU(nn.Module):
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         h = self.gate_up_packed.packed(x)  # [T, 2I] = [gate | up]
         if fast_path(h):
-            from . import fused
+            from .fused import FastLinear, linear
+            from .fused_ops import silu_mul
 
-            if type(self.down_proj) is fused.FastLinear:  # the activation fused into the GEMV
-                return fused.linear(h, self.down_proj.weight, self.down_proj.bias, silu_mul_input=True)
-            return self.down_proj(fused.silu_mul(h))
+            if type(self.down_proj) is FastLinear:  # the activation fused into the GEMV
+                return linear(h, self.down_proj.weight, self.down_proj.bias, silu_mul_input=True)
+            return self.down_proj(silu_mul(h))
         gate, up = h.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 

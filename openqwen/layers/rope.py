@@ -95,9 +95,9 @@ def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, 
     cos, sin = rope
     d = q.shape[-1]
     if fast_path(q) and d % 2 == 0 and (d // 2) & (d // 2 - 1) == 0 and q.stride(-1) == 1 and k.stride(-1) == 1:
-        from . import fused
+        from .fused_ops import qk_norm_rope
 
-        return fused.qk_norm_rope(q, k, cos, sin, q_norm, k_norm)
+        return qk_norm_rope(q, k, cos, sin, q_norm, k_norm)
     if q_norm is not None:
         q, k = q_norm(q), k_norm(k)
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

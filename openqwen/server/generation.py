@@ -8,14 +8,14 @@ tool calls) for streaming, or into the final parsed reply.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.sampler import TokenLogprobs
 from ..engine.sampling_params import LogitsProcessor, SamplingParams
-from ..tokenizer.parsers import StreamParser, ToolCall, parse_tool_calls, split_reasoning
+from ..tokenizer.parsers import ToolCall, parse_reply
+from ..tokenizer.stream_parser import StreamParser
 
 
 def new_request_id(prefix: str = "req") -> str:
@@ -79,11 +79,11 @@ class ChoiceState:
         self.stop_reason: str | int | None = None
         self._sent = 0  # characters of text already turned into events
         self._parser = None if parse.raw else StreamParser(
-            starts_in_reasoning=parse.starts_in_reasoning, tools=parse.tools, detect_tool_calls=parse.detect_tool_calls
+            starts_in_reasoning=parse.starts_in_reasoning, tools=parse.tools,
+            detect_tool_calls=parse.detect_tool_calls, bare_json_calls=parse.bare_json_calls,
         )
         self.tool_calls_seen = 0
         self.num_cached_tokens = 0
-        self._held: str | None = "" if parse.bare_json_calls else None  # content held while it may be a bare call
 
     @property
     def finished(self) -> bool:
@@ -106,59 +106,12 @@ class ChoiceState:
             events = self._parser.feed(delta) if delta else []
             if self.finished:
                 events += self._parser.finish()
-            if self._held is not None:
-                events = self._hold_bare_call(events)
         self.tool_calls_seen += sum(1 for kind, _ in events if kind == "tool_call")
         return delta, events
-
-    def _hold_bare_call(self, events: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """Hold content back while the reply may still turn out to be a bare JSON tool call."""
-        out = []
-        for kind, value in events:
-            if kind != "content" or self._held is None:
-                out.append((kind, value))
-                continue
-            self._held += value
-            if not _may_be_bare_call(self._held):
-                out.append(("content", self._held))
-                self._held = None
-        if self.finished and self._held:
-            call = bare_json_tool_call(self._held, self.parse.tools)
-            out.append(("tool_call", call) if call else ("content", self._held))
-            self._held = None
-        return out
 
     def final(self) -> tuple[str | None, str, list[ToolCall]]:
         """(reasoning, content, tool calls) of the whole reply, parsed as LLM.chat does."""
         if self.parse.raw:
             return None, self.text, []
-        reasoning, content = split_reasoning(self.text, starts_in_reasoning=self.parse.starts_in_reasoning)
-        calls: list[ToolCall] = []
-        if self.parse.detect_tool_calls:
-            content, calls = parse_tool_calls(content, self.parse.tools)
-        if self.parse.bare_json_calls and not calls and (call := bare_json_tool_call(content, self.parse.tools)):
-            content, calls = "", [call]
-        return reasoning, content, calls
-
-
-_FENCED = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n```$", re.DOTALL)
-
-
-def _may_be_bare_call(text: str) -> bool:
-    t = text.lstrip()
-    return t.startswith(("{", "```json\n", "```\n{")) or "```json\n".startswith(t) or "```\n{".startswith(t)
-
-
-def bare_json_tool_call(content: str, tools: list[dict[str, Any]] | None) -> ToolCall | None:
-    """Small models (Qwen2.5-Coder-0.5B among them) often answer a tool request with the call's
-    JSON alone, bare or in a ```json fence, instead of inside `<tool_call>` tags. Such a reply is
-    taken as a call only when it is exactly one object naming one of the request's tools.
-    (A candidate for tokenizer/parsers.py; it lives here while that module is not ours.)"""
-    text = content.strip()
-    if fenced := _FENCED.match(text):
-        text = fenced.group(1).strip()
-    if not text.startswith("{"):
-        return None
-    _, calls = parse_tool_calls(f"<tool_call>\n{text}\n</tool_call>", tools)
-    names = {t["function"]["name"] for t in tools or [] if isinstance(t.get("function"), dict)}
-    return calls[0] if len(calls) == 1 and calls[0].name in names else None
+        return parse_reply(self.text, starts_in_reasoning=self.parse.starts_in_reasoning, tools=self.parse.tools,
+                           detect_tool_calls=self.parse.detect_tool_calls, bare_json_calls=self.parse.bare_json_calls)

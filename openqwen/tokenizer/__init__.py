@@ -1,7 +1,8 @@
 """Text side of a model: tokenizer, chat template rendering, and output parsers."""
 
 from .chat_template import CHATML_TEMPLATE, ChatTemplateError, render_chat
-from .parsers import StreamParser, ToolCall, parse_tool_calls, prompt_opens_reasoning, split_reasoning
+from .parsers import ToolCall, bare_json_tool_call, parse_reply, parse_tool_calls, prompt_opens_reasoning, split_reasoning
+from .stream_parser import StreamParser
 from .tokenizer import IncrementalDecoder, Tokenizer
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "StreamParser",
     "Tokenizer",
     "ToolCall",
+    "bare_json_tool_call",
+    "parse_reply",
     "parse_tool_calls",
     "prompt_opens_reasoning",
     "render_chat",

@@ -1,4 +1,4 @@
-"""Split generated text into reasoning, content and tool calls; whole texts or streamed deltas.
+"""Split a whole generated text into reasoning, content and tool calls (`stream_parser` does deltas).
 
 Qwen output shapes handled (behaviour modelled on vLLM's qwen3 reasoning, hermes and qwen3_coder
 tool parsers):
@@ -6,7 +6,8 @@ tool parsers):
   already opened `<think>` in the prompt (Qwen3 thinking-2507);
 - Hermes tool calls (Qwen2.5, Qwen3): `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`;
 - Qwen3-Coder tool calls: `<tool_call>\\n<function=NAME>\\n<parameter=ARG>\\nVALUE\\n</parameter>\\n
-  </function>\\n</tool_call>`, values typed from the tool's JSON schema.
+  </function>\\n</tool_call>`, values typed from the tool's JSON schema;
+- a bare call: the Hermes JSON alone, or in a ```json fence, without the tags (small models).
 Model output is untrusted: nothing here raises on it. What does not parse stays in the content.
 """
 
@@ -76,7 +77,7 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None) -> tu
         end = text.find(TOOL_CLOSE, start + len(TOOL_OPEN))
         if end < 0:
             break
-        parsed = _parse_block(text[start + len(TOOL_OPEN) : end], tools)
+        parsed = parse_tool_block(text[start + len(TOOL_OPEN) : end], tools)
         stop = end + len(TOOL_CLOSE)
         if parsed:
             pieces.append(current + text[pos:start])
@@ -92,7 +93,7 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None) -> tu
     return "\n".join(p for p in pieces if p), calls
 
 
-def _parse_block(body: str, tools: list[dict[str, Any]] | None) -> list[ToolCall] | None:
+def parse_tool_block(body: str, tools: list[dict[str, Any]] | None) -> list[ToolCall] | None:
     """The calls inside one `<tool_call>...</tool_call>`, or None if it is neither known form."""
     if body.lstrip().startswith("<function="):
         return _parse_xml(body, tools)
@@ -156,11 +157,16 @@ def _parse_xml(body: str, tools: list[dict[str, Any]] | None) -> list[ToolCall] 
     return calls if calls and not body[pos:].strip() else None
 
 
+def _functions(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The function specs of `tools`, given OpenAI-style `{"type": "function", "function": {...}}` or bare."""
+    functions = (tool.get("function", tool) if isinstance(tool, dict) else None for tool in tools or [])
+    return [f for f in functions if isinstance(f, dict)]
+
+
 def _parameter_schemas(tools: list[dict[str, Any]] | None, name: str) -> dict[str, Any]:
-    """`properties` of the named tool; accepts OpenAI `{"type": "function", "function": {...}}` or bare."""
-    for tool in tools or []:
-        function = tool.get("function", tool) if isinstance(tool, dict) else None
-        if isinstance(function, dict) and function.get("name") == name:
+    """`properties` of the named tool."""
+    for function in _functions(tools):
+        if function.get("name") == name:
             parameters = function.get("parameters")
             properties = parameters.get("properties") if isinstance(parameters, dict) else None
             return properties if isinstance(properties, dict) else {}
@@ -191,150 +197,41 @@ def _convert(value: str, schema: Any) -> Any:
     return parsed if isinstance(parsed, expected) and not isinstance(parsed, bool) else value
 
 
-Event = tuple[str, Any]  # ("reasoning", str) | ("content", str) | ("tool_call", ToolCall)
+# -- bare calls: small models (Qwen2.5-Coder-0.5B among them) often answer a tool request with the
+# call's JSON alone, bare or in a ```json fence, instead of inside `<tool_call>` tags.
+_FENCED = re.compile(r"```(?:json)?[ \t]*\n(.*)\n```", re.DOTALL)
+_FENCED_CALL_START = re.compile(r"```(?:json)?[ \t]*\n\s*\{")
+_FENCE_START_SO_FAR = re.compile(r"`{0,3}|```j(?:s(?:on?)?)?|```(?:json)?[ \t]*(?:\n\s*)?")
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that could be the start of `tag`."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
+def bare_json_tool_call(content: str, tools: list[dict[str, Any]] | None) -> ToolCall | None:
+    """The call in a reply that is only a call's JSON, bare or fenced; taken only when it is exactly
+    one object naming one of `tools`, so an answer that merely is JSON stays content."""
+    text = content.strip()
+    if fenced := _FENCED.fullmatch(text):
+        text = fenced.group(1).strip()
+    if not text.startswith("{"):
+        return None
+    calls = parse_tool_block(text, tools) or []
+    names = {function.get("name") for function in _functions(tools)}
+    return calls[0] if len(calls) == 1 and calls[0].name in names else None
 
 
-class StreamParser:
-    """Streaming version of `split_reasoning` + `parse_tool_calls`: feed text deltas, get events.
+def may_be_bare_call(text: str) -> bool:
+    """Whether `text` (a reply so far) could still grow into one `bare_json_tool_call` takes: a
+    stream holds such content back until it knows."""
+    t = text.lstrip()
+    return t.startswith("{") or bool(_FENCED_CALL_START.match(t) or _FENCE_START_SO_FAR.fullmatch(t))
 
-    Joining the events gives what the whole-text functions return, with one exception: a stream
-    cannot take back content, so it ends reasoning at the FIRST `</think>` (the whole-text split
-    uses the last; they differ only if the model writes `</think>` twice). Text that could still
-    become a tag (`<tool_c`, a trailing newline of reasoning) is held until decided; `finish()`
-    releases whatever is left, an unclosed `<tool_call>` as content.
-    """
 
-    def __init__(
-        self,
-        *,
-        starts_in_reasoning: bool = False,
-        tools: list[dict[str, Any]] | None = None,
-        detect_tool_calls: bool = True,
-    ) -> None:
-        self._tools, self._detect_tools = tools, detect_tool_calls
-        self._events: list[Event] = []
-        # Reasoning stage: "start" (is there a <think>?) -> "reasoning" -> "content".
-        self._state = "reasoning" if starts_in_reasoning else "start"
-        self._pending = ""  # text not yet given to a stage
-        self._reasoning_begun = False  # leading newlines of reasoning are dropped
-        self._held_newlines = ""  # trailing newlines of reasoning, dropped if </think> follows
-        self._content_begun = False  # leading newlines after </think> are dropped
-        # Tool-call stage.
-        self._tool_pending = ""  # from a (possible) <tool_call> up to its </tool_call>
-        self._calls_seen = False
-        self._piece_begun = False  # the text piece since the last call has non-blank text
-        self._any_piece = False  # an earlier piece had text: the next one starts with "\n"
-        self._held_ws = ""  # trailing whitespace, dropped if a call follows
-
-    def feed(self, delta: str) -> list[Event]:
-        self._pending += delta
-        self._advance(final=False)
-        return self._take()
-
-    def finish(self) -> list[Event]:
-        self._advance(final=True)
-        if self._detect_tools:
-            self._text(self._tool_pending)
-            self._tool_pending = ""
-            if self._held_ws:
-                self._emit("content", self._held_ws)
-                self._held_ws = ""
-        return self._take()
-
-    def _advance(self, final: bool) -> None:
-        if self._state == "start":
-            opened = self._pending.lstrip()
-            if opened.startswith(THINK_OPEN):
-                self._pending, self._state = opened[len(THINK_OPEN) :], "reasoning"
-            elif THINK_OPEN.startswith(opened) and not final:
-                return  # blank so far, or a prefix of <think>
-            else:
-                self._state, self._content_begun = "content", True  # no reasoning: text kept verbatim
-        if self._state == "reasoning":
-            end = self._pending.find(THINK_CLOSE)
-            if end < 0:
-                keep = 0 if final else _partial_suffix(self._pending, THINK_CLOSE)
-                self._reasoning(self._pending[: len(self._pending) - keep])
-                self._pending = self._pending[len(self._pending) - keep :]
-                return
-            self._reasoning(self._pending[:end])
-            self._held_newlines = ""
-            self._pending, self._state = self._pending[end + len(THINK_CLOSE) :], "content"
-        text, self._pending = self._pending, ""
-        if not self._content_begun:
-            text = text.lstrip("\n")
-            self._content_begun = bool(text)
-        if not self._detect_tools:
-            self._emit("content", text)
-        else:
-            self._content(text)
-
-    def _reasoning(self, text: str) -> None:
-        if not self._reasoning_begun:
-            text = text.lstrip("\n")
-            self._reasoning_begun = bool(text)
-        text = self._held_newlines + text
-        body = text.rstrip("\n")
-        self._held_newlines = text[len(body) :]
-        self._emit("reasoning", body)
-
-    def _content(self, text: str) -> None:
-        buf, self._tool_pending = self._tool_pending + text, ""
-        while True:
-            if not buf.startswith(TOOL_OPEN):
-                start = buf.find(TOOL_OPEN)
-                if start < 0:
-                    keep = _partial_suffix(buf, TOOL_OPEN)
-                    self._text(buf[: len(buf) - keep])
-                    self._tool_pending = buf[len(buf) - keep :]
-                    return
-                self._text(buf[:start])
-                buf = buf[start:]
-            end = buf.find(TOOL_CLOSE, len(TOOL_OPEN))
-            if end < 0:
-                self._tool_pending = buf
-                return
-            stop = end + len(TOOL_CLOSE)
-            calls = _parse_block(buf[len(TOOL_OPEN) : end], self._tools)
-            if calls:
-                self._held_ws, self._calls_seen, self._piece_begun = "", True, False
-                self._events.extend(("tool_call", call) for call in calls)
-            else:
-                self._text(buf[:stop])
-            buf = buf[stop:]
-
-    def _text(self, text: str) -> None:
-        """Content outside calls, trimmed where it faces a call exactly as parse_tool_calls does."""
-        if self._calls_seen and not self._piece_begun:
-            text = text.lstrip()
-        body = text.rstrip()
-        if not body:
-            self._held_ws += text
-            return
-        prefix = ""
-        if not self._piece_begun:
-            self._piece_begun = True
-            prefix = "\n" if self._any_piece else ""
-            self._any_piece = True
-        self._emit("content", prefix + self._held_ws + body)
-        self._held_ws = text[len(body) :]
-
-    def _emit(self, kind: str, text: str) -> None:
-        if not text:
-            return
-        if self._events and self._events[-1][0] == kind:
-            self._events[-1] = (kind, self._events[-1][1] + text)
-        else:
-            self._events.append((kind, text))
-
-    def _take(self) -> list[Event]:
-        events, self._events = self._events, []
-        return events
+def parse_reply(text: str, *, starts_in_reasoning: bool, tools: list[dict[str, Any]] | None = None,
+                detect_tool_calls: bool = True, bare_json_calls: bool = False) -> tuple[str | None, str, list[ToolCall]]:
+    """`(reasoning, content, calls)` of a whole reply. `bare_json_calls`: a reply with no tagged call
+    that is a bare call of one of `tools` becomes that call (for tool_choice auto)."""
+    reasoning, content = split_reasoning(text, starts_in_reasoning=starts_in_reasoning)
+    calls: list[ToolCall] = []
+    if detect_tool_calls:
+        content, calls = parse_tool_calls(content, tools)
+    if bare_json_calls and not calls and (call := bare_json_tool_call(content, tools)):
+        content, calls = "", [call]
+    return reasoning, content, calls

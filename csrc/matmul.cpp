@@ -1,0 +1,127 @@
+#include "matmul.h"
+
+#include <algorithm>
+#include <thread>
+
+namespace oq {
+namespace {
+
+// Below this much work (weight bytes x activation rows) waking a second thread costs more than
+// it saves: measured break-even near 64 KB of Q8_0 weights at T = 1.
+constexpr int64_t kMinParallelWork = 64 * 1024;
+
+const KernelTable* g_kernels = nullptr;
+std::mutex g_mutex;
+ThreadPool* g_pool = nullptr;
+int g_num_threads = 0;
+
+const KernelTable* best_kernels() {
+    const KernelTable* simd = avx2_kernels();
+    if (simd == nullptr) simd = neon_kernels();
+    return simd != nullptr ? simd : &scalar_kernels();
+}
+
+struct SegmentsJob {
+    const MatmulSegment* segments;
+    int count;
+    int T;
+};
+
+// Global rows [begin, end) run through the segments they fall in, in order.
+void run_segment_rows(void* ctx, int64_t begin, int64_t end) {
+    const auto* job = static_cast<const SegmentsJob*>(ctx);
+    const KernelTable& k = kernels();
+    int64_t offset = 0;
+    for (int i = 0; i < job->count && offset < end; ++i) {
+        const MatmulSegment& s = job->segments[i];
+        const int64_t lo = std::max(begin, offset) - offset, hi = std::min(end, offset + s.N) - offset;
+        if (lo < hi) k.rows[s.type_idx](s.w, row_bytes(s.type_idx, s.act->K), *s.act, job->T, s.y, s.N, lo, hi);
+        offset += s.N;
+    }
+}
+
+}  // namespace
+
+const KernelTable& kernels() {
+    if (g_kernels == nullptr) g_kernels = best_kernels();
+    return *g_kernels;
+}
+
+void select_kernels(const KernelTable* table) { g_kernels = table; }
+
+std::mutex& pool_mutex() { return g_mutex; }
+
+int pool_threads() {
+    if (g_num_threads == 0) {
+        const unsigned hw = std::thread::hardware_concurrency();
+        g_num_threads = hw > 0 ? static_cast<int>(hw) : 1;
+    }
+    return g_num_threads;
+}
+
+ThreadPool& pool() {
+    if (g_pool == nullptr) g_pool = new ThreadPool(pool_threads());
+    return *g_pool;
+}
+
+void set_pool_threads(int n) {
+    if (n != pool_threads()) {
+        delete g_pool;  // joins the old workers
+        g_pool = nullptr;
+        g_num_threads = n;
+    }
+}
+
+// A forked child has none of the parent's workers: drop the pool (leaked, it cannot be joined).
+void forget_pool_after_fork() { g_pool = nullptr; }
+
+int64_t chunk_rows(int64_t n, int threads) {
+    const int64_t c = (n + 8 * threads - 1) / (8 * threads);
+    return c > 0 ? c : 1;
+}
+
+size_t row_bytes(int type_idx, int64_t K) {
+    return static_cast<size_t>(K / kTypes[type_idx].block_elems) * kTypes[type_idx].block_bytes;
+}
+
+void QuantizedActs::quantize(const float* x, int64_t T, int64_t K, int block) {
+    const KernelTable& k = kernels();
+    q_.resize(static_cast<size_t>(T * K));
+    act_ = QAct{q_.data(), nullptr, nullptr, nullptr, K};
+    if (block == kQK) {
+        const int64_t blocks = K / kQK;
+        // Scales then sums, plus 8 zeros: SIMD kernels load 8 block scales at a time.
+        d_.resize(static_cast<size_t>(2 * T * blocks + 8));
+        std::fill(d_.end() - 8, d_.end(), 0.0f);
+        for (int64_t t = 0; t < T; ++t) {
+            k.quantize_act32(x + t * K, K, q_.data() + t * K, d_.data() + t * blocks, d_.data() + (T + t) * blocks);
+        }
+        act_.d = d_.data();
+        act_.ds = d_.data() + T * blocks;
+    } else {
+        d_.resize(static_cast<size_t>(T * K / kQKK));
+        bsums_.resize(static_cast<size_t>(T * K / 16));
+        for (int64_t t = 0; t < T; ++t) {
+            k.quantize_act256(x + t * K, K, q_.data() + t * K, d_.data() + t * (K / kQKK),
+                              bsums_.data() + t * (K / 16));
+        }
+        act_.d = d_.data();
+        act_.bsums = bsums_.data();
+    }
+}
+
+void matmul_segments(const MatmulSegment* segments, int count, int T) {
+    SegmentsJob job{segments, count, T};
+    int64_t rows = 0, work = 0;
+    for (int i = 0; i < count; ++i) {
+        rows += segments[i].N;
+        work += static_cast<int64_t>(row_bytes(segments[i].type_idx, segments[i].act->K)) * segments[i].N * T;
+    }
+    if (work < kMinParallelWork) {
+        run_segment_rows(&job, 0, rows);
+    } else {
+        pool().parallel_for(rows, chunk_rows(rows, pool_threads()), run_segment_rows, &job);
+    }
+}
+
+}  // namespace oq

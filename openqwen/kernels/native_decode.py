@@ -1,0 +1,99 @@
+"""NativeDecoder: a CPU decode step of a dense Qwen2/Qwen3 model as one call into C++.
+
+At batch-1 decode on a small CPU the quantized matmuls are only part of the time: each layer also
+runs ~25 small PyTorch ops (norms, RoPE, cache writes, attention, SwiGLU), and their dispatch cost
+about as much as the matmuls (measured on 2 cores: 13.8 of 33.5 ms per token). `decode_step` in
+csrc/decode.cpp runs every layer of a decode-only step between the same quantized kernels, with
+the model's own weights, KV cache and RoPE tables; the model code in openqwen/models stays the
+reference, and tests check the two against each other.
+
+It applies when every decoder layer is the dense pre-norm block of qwen2.py/qwen3.py with all seven
+projections held as QuantLinear (GGUF weights, or --quantize) and the KV cache is fp32 on the CPU.
+Anything else (MoE layers, dense fp32 weights, prefill chunks) runs through the PyTorch modules.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers.attention import AttentionContext
+from ..layers.mlp import SwiGLU
+from . import quant
+from .quant import QuantLinear
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _linear_fields(linear: QuantLinear) -> tuple[int, ...]:
+    bias = linear.bias.data_ptr() if linear.bias is not None else 0
+    return linear._qtype_id, linear.qweight.data_ptr(), bias, linear.out_features, linear.in_features
+
+
+def _fp32_ptr(t: torch.Tensor | None) -> int:
+    if t is None:
+        return 0
+    if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+        raise _Unsupported
+    return t.data_ptr()
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class NativeDecoder:
+    """Runs the decoder layers of decode-only steps in C++; embedding and logits stay in PyTorch."""
+
+    def __init__(self, model: nn.Module, layer_fields: list[tuple[int, ...]]) -> None:
+        args, inner = model.args, model.model
+        self.model = model  # keeps every weight and cache tensor the plan points into alive
+        self.hidden_size = args.hidden_size
+        attention = inner.layers[0].self_attn.attn
+        dims = (args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim,
+                args.intermediate_size, attention.k_cache.shape[1])
+        self._plan = quant._native.make_decode_plan(dims, inner.norm.eps, attention.scale,
+                                                    _fp32_ptr(inner.norm.weight), layer_fields)
+
+    @classmethod
+    def build(cls, model: nn.Module) -> NativeDecoder | None:
+        """The decoder for `model` (its KV cache already bound), or None where it does not apply."""
+        inner = getattr(model, "model", None)
+        if quant._native is None or inner is None or not hasattr(inner, "layers") or not len(inner.layers):
+            return None
+        try:
+            fields = [cls._layer_fields(layer) for layer in inner.layers]
+            _fp32_ptr(inner.norm.weight)
+        except _Unsupported:
+            return None
+        return cls(model, fields)
+
+    @staticmethod
+    def _layer_fields(layer: nn.Module) -> tuple[int, ...]:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if type(mlp) is not SwiGLU or attn is None or mlp.gate_up_packed is not None or attn.qkv_packed is not None:
+            raise _Unsupported
+        linears = [getattr(attn, name, None) for name in _PROJECTIONS[:4]] + [getattr(mlp, n) for n in _PROJECTIONS[4:]]
+        if not all(type(lin) is QuantLinear and lin.qweight.device.type == "cpu" for lin in linears):
+            raise _Unsupported
+        q_norm, k_norm = attn.qk_norms()
+        cache = attn.attn
+        if cache.k_cache.dim() != 4 or cache.k_cache.dtype != torch.float32:
+            raise _Unsupported
+        norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                 q_norm.weight if q_norm is not None else None, k_norm.weight if k_norm is not None else None)
+        fields = tuple(_fp32_ptr(t) for t in norms) + (_fp32_ptr(cache.k_cache), _fp32_ptr(cache.v_cache))
+        return fields + tuple(f for lin in linears for f in _linear_fields(lin))
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """Final hidden states [T, D] of T sequences with one new token each (ctx.decode_only)."""
+        inner = self.model.model
+        x = inner.embed_tokens(input_ids).float().contiguous()
+        cos, sin = (t.contiguous() for t in inner.rotary_emb(positions, torch.float32))
+        slots, tables, lens = (t.to(torch.int64).contiguous() for t in (ctx.slot_mapping, ctx.block_tables,
+                                                                        ctx.context_lens))
+        out = torch.empty_like(x)
+        quant._native.decode_step(self._plan, x.data_ptr(), out.data_ptr(), x.shape[0], cos.data_ptr(),
+                                  sin.data_ptr(), slots.data_ptr(), tables.data_ptr(), tables.shape[1],
+                                  lens.data_ptr())
+        return out
