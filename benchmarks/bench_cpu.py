@@ -1,11 +1,12 @@
 """CPU benchmarks of the engine issue, each side by side with peers measured in the same run.
 
-  (b) batch-1 decode, 128 prompt tokens / 256 new      (openqwen, transformers, llama-cpp-python)
+  (b) batch-1 decode, 128 prompt tokens / 256 new      (openqwen, transformers, llama-cpp-python),
+      plus alternating openqwen / llama-cpp-python pairs for a robust ratio
   (c) time to first token for a 2,000-token prompt      (same three)
   (a) a scaled-down nano-vllm workload: random lengths, ignore_eos, temperature 0.6
       (openqwen's continuous batching vs transformers generate() in padded batches)
   accuracy of the quantized CPU path: perplexity on a fixed text and KL to the fp32-dequantized model
-  per-token overhead: batch-1 decode time outside the quantized matmul kernels
+  per-token overhead: batch-1 decode time outside native code (decode step, lm_head)
 
 Usage: python benchmarks/bench_cpu.py [--model NAME] [--skip a,b,c,acc,overhead]
 Writes benchmarks/results/cpu.json and cpu.md.
@@ -24,13 +25,26 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def peers_table(model: str, prompt_tokens: int, new_tokens: int) -> list[dict]:
-    """openqwen bench's subprocess runs: one per runtime, same weights and prompt."""
+def peers_table(model: str, prompt_tokens: int, new_tokens: int, peers: str = "llama-cpp,transformers") -> list[dict]:
+    """openqwen bench's subprocess runs: one per runtime, same weights and prompt. llama-cpp runs
+    before transformers: right after a 4 GB process exits, this machine runs slower for a while."""
     from openqwen.bench import run_bench
 
     args = argparse.Namespace(model=model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device="cpu", dtype=None,
-                              quantize=None, peers="transformers,llama-cpp", json_path=None)
+                              quantize=None, peers=peers, json_path=None)
     return run_bench(args)
+
+
+def decode_rounds(model: str, rounds: int = 3) -> dict:
+    """Batch-1 decode of openqwen and llama-cpp-python in alternating pairs: this shared machine's
+    speed drifts by up to 30% from minute to minute, so one pair can mislead; the median ratio
+    of back-to-back pairs does not."""
+    pairs = []
+    for _ in range(rounds):
+        rates = {r["runtime"]: r["decode_tok_s"] for r in peers_table(model, 128, 256, peers="llama-cpp")}
+        pairs.append([rates["openqwen"], rates["llama-cpp"]])
+    ratios = sorted(ours / theirs for ours, theirs in pairs)
+    return {"pairs_tok_s": pairs, "median_ratio": ratios[len(ratios) // 2]}
 
 
 def throughput(model: str, requests: int, low: int, high: int) -> dict:
@@ -106,34 +120,48 @@ def accuracy(model: str, tokens: int = 1024) -> dict:
 
 
 def python_overhead(model: str, steps: int = 128) -> dict:
-    """Decode time per token split into the quantized matmul kernels and everything else (the
-    engine, PyTorch's small ops, Python): the second part is the per-token overhead to shrink."""
+    """Decode time per token split into native code (the decode step of all layers, and the
+    quantized lm_head) and everything else (the engine, embedding, RoPE tables, sampling,
+    Python): the second part is the per-token overhead to keep small."""
     import openqwen.kernels.quant as quant_module
     from openqwen import LLM, SamplingParams
 
     llm = LLM(model, device="cpu", max_model_len=2048, enable_prefix_caching=False)
-    native, in_kernels = quant_module._native, [0.0]
+    native, seconds = quant_module._native, {"decode_step": 0.0, "mul_mat": 0.0}
 
-    class TimedKernels:
+    class TimedNative:
         def __getattr__(self, name):
-            return getattr(native, name)
+            function = getattr(native, name)
+            if name not in seconds:
+                return function
 
-        def mul_mat(self, *args):
-            start = time.perf_counter()
-            native.mul_mat(*args)
-            in_kernels[0] += time.perf_counter() - start
+            def timed(*args):
+                start = time.perf_counter()
+                function(*args)
+                seconds[name] += time.perf_counter() - start
+            return timed
 
-    params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
-    llm.generate([[1000 + i for i in range(8)]], SamplingParams(temperature=0, max_tokens=4))
-    quant_module._native = TimedKernels()
-    try:
+    prompt = [[1000 + i for i in range(8)]]
+    llm.generate(prompt, SamplingParams(temperature=0, max_tokens=4))
+
+    def run(max_tokens: int) -> dict[str, float]:
+        """Wall and native seconds of one request; max_tokens=1 is its prefill alone."""
+        for name in seconds:
+            seconds[name] = 0.0
         start = time.perf_counter()
-        llm.generate([[1000 + i for i in range(8)]], params)
-        total = time.perf_counter() - start
+        llm.generate(prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
+        return {"wall": time.perf_counter() - start, **seconds}
+
+    quant_module._native = TimedNative()
+    try:
+        prefill, full = run(1), run(steps + 1)
     finally:
         quant_module._native = native
-    return {"ms_per_token": total / steps * 1e3, "kernel_ms_per_token": in_kernels[0] / steps * 1e3,
-            "other_ms_per_token": (total - in_kernels[0]) / steps * 1e3}
+    total = full["wall"] - prefill["wall"]
+    layers, lm_head = full["decode_step"], full["mul_mat"] - prefill["mul_mat"]
+    per_token = {"ms_per_token": total, "layers_ms_per_token": layers, "lm_head_ms_per_token": lm_head,
+                 "other_ms_per_token": total - layers - lm_head}
+    return {name: value / steps * 1e3 for name, value in per_token.items()}
 
 
 def main() -> None:
@@ -155,6 +183,7 @@ def main() -> None:
     results.update(hardware=hardware(), model=a.model)
     if "b" not in skip:
         results["decode_128_256"] = peers_table(model, 128, 256)
+        results["decode_rounds"] = decode_rounds(model)
     if "c" not in skip:
         results["ttft_2000"] = peers_table(model, 2000, 2)
     if "a" not in skip:
@@ -180,6 +209,11 @@ def render(r: dict) -> str:
         lines += [f"| {x['runtime']} | {x['load_s']:.1f} | {x['prefill_tok_s']:.0f} | {x['decode_tok_s']:.1f} | "
                   f"{x['peak_rss_mb']:.0f} |" for x in r["decode_128_256"]]
         lines.append("")
+    if "decode_rounds" in r:
+        d = r["decode_rounds"]
+        pairs = ", ".join(f"{ours:.1f} vs {theirs:.1f}" for ours, theirs in d["pairs_tok_s"])
+        lines += [f"Back-to-back pairs, openqwen vs llama-cpp-python decode tok/s: {pairs}; median ratio "
+                  f"{d['median_ratio']:.2f}x.\n"]
     if "ttft_2000" in r:
         lines += ["## Time to first token, 2,000-token prompt\n",
                   "| runtime | TTFT s | prefill tok/s | peak RSS MB |", "|---|---|---|---|"]
@@ -199,8 +233,9 @@ def render(r: dict) -> str:
                   f"{a['ppl_fp32']:.3f} (fp32 dequantized); mean KL {a['kl_mean']:.5f}; top-1 agreement {a['top1_agreement']:.3f}\n"]
     if "python_overhead" in r:
         o = r["python_overhead"]
-        lines.append(f"Batch-1 decode time per token: {o['ms_per_token']:.1f} ms, of which {o['kernel_ms_per_token']:.1f} ms in the "
-                     f"quantized matmul kernels and {o['other_ms_per_token']:.1f} ms elsewhere (engine, small PyTorch ops, Python)\n")
+        lines.append(f"Batch-1 decode time per token: {o['ms_per_token']:.1f} ms = {o['layers_ms_per_token']:.1f} ms in the "
+                     f"native decode step (all layers) + {o['lm_head_ms_per_token']:.1f} ms in the quantized lm_head + "
+                     f"{o['other_ms_per_token']:.1f} ms elsewhere (engine, embedding, sampling, Python)\n")
     return "\n".join(lines)
 
 

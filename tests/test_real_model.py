@@ -65,3 +65,15 @@ def test_chat_template_from_gguf_is_qwen25(ours):
     text = ours.apply_chat_template(MESSAGES)
     assert text.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
     assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_native_decode_step_matches_the_model_code(gguf_path):
+    """Weights kept quantized (the default): the native decode step and the PyTorch modules, over
+    the same quantized kernels, give the same greedy reply."""
+    llm = LLM(str(gguf_path), device="cpu", max_model_len=1024)
+    assert llm.engine.runner.native_decoder is not None
+    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    native = llm.chat(MESSAGES, params)[0].outputs[0].token_ids
+    llm.engine.runner.native_decoder = None
+    assert llm.chat(MESSAGES, params)[0].outputs[0].token_ids == native
+    assert "def " in llm.tokenizer.decode(native)

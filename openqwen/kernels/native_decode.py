@@ -25,6 +25,10 @@ from .quant import QuantLinear
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+class _Unsupported(Exception):
+    """A model part the native step does not cover: the model keeps the PyTorch path."""
+
+
 def _linear_fields(linear: QuantLinear) -> tuple[int, ...]:
     bias = linear.bias.data_ptr() if linear.bias is not None else 0
     return linear._qtype_id, linear.qweight.data_ptr(), bias, linear.out_features, linear.in_features
@@ -36,10 +40,6 @@ def _fp32_ptr(t: torch.Tensor | None) -> int:
     if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
         raise _Unsupported
     return t.data_ptr()
-
-
-class _Unsupported(Exception):
-    pass
 
 
 class NativeDecoder:
