@@ -7,6 +7,9 @@ On CUDA it also sets up the fast path: q/k/v and gate/up weights packed into sin
 (`layers.fused.pack_model`), Triton kernels inside the layers, and decode-only steps replayed from
 CUDA graphs (`cuda_graphs.DecodeGraphs`). Host-to-device copies go through pinned memory without
 blocking, so the only synchronization of a step is the sampler's one transfer of its tokens.
+
+On the CPU, decode-only steps of dense models with quantized weights run all their layers in one
+native call (`kernels.native_decode`); other steps run the model's PyTorch modules.
 """
 
 from __future__ import annotations
