@@ -35,7 +35,7 @@ setup(
         Extension(
             "openqwen._quant_native",
             sources=SOURCES,
-            depends=["csrc/quant_common.h", "csrc/thread_pool.h", "csrc/matmul.h", "csrc/decode.h", "csrc/vec_ops.h"],
+            depends=["csrc/quant_common.h", "csrc/thread_pool.h", "csrc/matmul.h", "csrc/decode.h", "csrc/vec_ops.h", "csrc/avx2_common.h"],
             language="c++",
             extra_compile_args=COMPILE_ARGS,
             extra_link_args=LINK_ARGS,

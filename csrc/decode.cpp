@@ -55,7 +55,7 @@ constexpr const char* kCapsule = "openqwen.decode_plan";
 constexpr int kLinearFields = 5, kLayerPointers = 6, kLayerFields = kLayerPointers + 7 * kLinearFields;
 
 void rms_norm(const float* x, const float* w, float eps, int64_t n, float* out) {
-    const float inv = 1.0f / std::sqrt(vec_ops().sum_squares(x, n) / static_cast<float>(n) + eps);
+    const float inv = 1.0f / std::sqrt(vec_ops().dot(x, x, n) / static_cast<float>(n) + eps);
     for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
 }
 
@@ -114,9 +114,12 @@ void attend(void* ctx, int64_t begin, int64_t end) {
         const float* q = p.q.data() + (t * p.H + kvh * group) * d;
         float* out = p.attn.data() + (t * p.H + kvh * group) * d;
         scores.resize(static_cast<size_t>(group * len));
+        // Offset of this KV head's row for position pos, through the block table.
+        auto row = [&](int64_t pos) {
+            return (table[pos / p.block_size] * p.block_size + pos % p.block_size) * row_stride + kvh * d;
+        };
         for (int64_t pos = 0; pos < len; ++pos) {
-            const int64_t slot = table[pos / p.block_size] * p.block_size + pos % p.block_size;
-            const float* key = job->layer->k_cache + slot * row_stride + kvh * d;
+            const float* key = job->layer->k_cache + row(pos);
             for (int64_t g = 0; g < group; ++g) scores[g * len + pos] = ops.dot(q + g * d, key, d) * p.scale;
         }
         std::memset(out, 0, sizeof(float) * group * d);
@@ -126,8 +129,7 @@ void attend(void* ctx, int64_t begin, int64_t end) {
             for (int64_t pos = 0; pos < len; ++pos) s[pos] *= inv;
         }
         for (int64_t pos = 0; pos < len; ++pos) {
-            const int64_t slot = table[pos / p.block_size] * p.block_size + pos % p.block_size;
-            const float* value = job->layer->v_cache + slot * row_stride + kvh * d;
+            const float* value = job->layer->v_cache + row(pos);
             for (int64_t g = 0; g < group; ++g) ops.axpy(out + g * d, scores[g * len + pos], value, d);
         }
     }

@@ -12,20 +12,10 @@
 #include "quant_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-
-#define OQ_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define OQ_AVX2_INLINE OQ_AVX2 __attribute__((always_inline)) inline
+#include "avx2_common.h"
 
 namespace oq {
 namespace {
-
-OQ_AVX2 inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 OQ_AVX2 inline float f16(const uint8_t* p) {
     uint16_t h;

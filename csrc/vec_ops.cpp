@@ -11,8 +11,6 @@ float dot_portable(const float* a, const float* b, int64_t n) {
     return s;
 }
 
-float sum_squares_portable(const float* x, int64_t n) { return dot_portable(x, x, n); }
-
 void axpy_portable(float* y, float a, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -27,26 +25,17 @@ void silu_mul_portable(float* gate, const float* up, int64_t n) {
     for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-constexpr VecOps kPortable{dot_portable, sum_squares_portable, axpy_portable, exp_shifted_portable,
+constexpr VecOps kPortable{dot_portable, axpy_portable, exp_shifted_portable,
                            silu_mul_portable};
 
 }  // namespace
 }  // namespace oq
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-
-#define OQ_AVX2 __attribute__((target("avx2,fma")))
+#include "avx2_common.h"
 
 namespace oq {
 namespace {
-
-OQ_AVX2 inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // exp(x) to about 2 ulp: 2^n * p(r) with r = x - n ln2 in two parts (Cephes' expf), inputs
 // clamped to the finite range.
@@ -79,8 +68,6 @@ OQ_AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
     for (; i < n; ++i) s += a[i] * b[i];
     return s;
 }
-
-OQ_AVX2 float sum_squares_avx2(const float* x, int64_t n) { return dot_avx2(x, x, n); }
 
 OQ_AVX2 void axpy_avx2(float* y, float a, const float* x, int64_t n) {
     const __m256 av = _mm256_set1_ps(a);
@@ -116,12 +103,13 @@ OQ_AVX2 void silu_mul_avx2(float* gate, const float* up, int64_t n) {
     for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-constexpr VecOps kAvx2{dot_avx2, sum_squares_avx2, axpy_avx2, exp_shifted_avx2, silu_mul_avx2};
+constexpr VecOps kAvx2{dot_avx2, axpy_avx2, exp_shifted_avx2, silu_mul_avx2};
 
 }  // namespace
 
 const VecOps& vec_ops() {
-    static const VecOps& ops = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? kAvx2 : kPortable;
+    static const VecOps& ops = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                  __builtin_cpu_supports("f16c") ? kAvx2 : kPortable;
     return ops;
 }
 

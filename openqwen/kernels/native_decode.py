@@ -48,7 +48,6 @@ class NativeDecoder:
     def __init__(self, model: nn.Module, layer_fields: list[tuple[int, ...]]) -> None:
         args, inner = model.args, model.model
         self.model = model  # keeps every weight and cache tensor the plan points into alive
-        self.hidden_size = args.hidden_size
         attention = inner.layers[0].self_attn.attn
         dims = (args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim,
                 args.intermediate_size, attention.k_cache.shape[1])
@@ -62,11 +61,9 @@ class NativeDecoder:
         if quant._native is None or inner is None or not hasattr(inner, "layers") or not len(inner.layers):
             return None
         try:
-            fields = [cls._layer_fields(layer) for layer in inner.layers]
-            _fp32_ptr(inner.norm.weight)
+            return cls(model, [cls._layer_fields(layer) for layer in inner.layers])
         except _Unsupported:
             return None
-        return cls(model, fields)
 
     @staticmethod
     def _layer_fields(layer: nn.Module) -> tuple[int, ...]:
