@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from openqwen import LLM, SamplingParams
-from openqwen.engine.sampler import SampleRequest, apply_penalties
+from openqwen.engine.sampler import SampleRequest, _filter, apply_penalties
 from tiny_models import make_hf_model
 
 PROMPT = [9707, 11, 1879, 0, 358, 1079, 264, 3460, 1614, 13]
@@ -89,6 +89,17 @@ def test_top_k_one_is_greedy(models):
     expected = llm.generate([PROMPT], greedy(10))[0].outputs[0].token_ids
     out = llm.generate([PROMPT], SamplingParams(temperature=0.8, top_k=1, max_tokens=10, ignore_eos=True, seed=3))
     assert out[0].outputs[0].token_ids == expected
+
+
+def test_top_k_candidates_filter_like_the_full_sort():
+    """With top-k on every row, _filter looks only at the largest k; the kept logits must equal
+    those of sorting the whole vocabulary."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 151936, generator=gen) * 3
+    top_k, top_p, min_p = torch.tensor([1, 20, 50, 7]), torch.tensor([1.0, 0.8, 0.95, 0.5]), torch.tensor([0.0, 0.0, 0.05, 0.0])
+    full = _filter(logits, top_k, top_p, min_p)
+    assert torch.equal(_filter(logits, top_k, top_p, min_p, candidates=50), full)
+    assert [int(row.isfinite().sum()) for row in full][0] == 1
 
 
 def test_min_p_one_and_tiny_top_p_are_greedy(models):

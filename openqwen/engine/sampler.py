@@ -69,11 +69,19 @@ def apply_penalties(logits: torch.Tensor, requests: list[SampleRequest]) -> None
             line[ids] -= p.presence_penalty + p.frequency_penalty * counts.to(line.dtype)
 
 
-def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
-    """Mask tokens outside top-k / top-p / min-p with -inf; per-row parameters [B]."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+            candidates: int | None = None) -> torch.Tensor:
+    """Mask tokens outside top-k / top-p / min-p with -inf; per-row parameters [B].
+
+    `candidates`: when every row has a top-k, the largest one. Only that many tokens can survive,
+    so they are found with topk instead of sorting the whole vocabulary (a 152k-entry sort costs
+    ~15 ms a step on one CPU core, as long as the decode step itself)."""
     vocab = logits.shape[-1]
-    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    if candidates is not None and candidates < vocab:
+        sorted_logits, order = logits.topk(candidates, dim=-1)
+    else:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(sorted_logits.shape[-1], device=logits.device)[None, :]
     k = torch.where(top_k > 0, top_k, vocab)[:, None]
     drop = ranks >= k
     probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
@@ -81,7 +89,12 @@ def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_
     drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
     drop |= probs < min_p[:, None] * probs[:, :1]
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits)
+
+
+def _candidates(params: list[SamplingParams]) -> int | None:
+    """The largest top-k when every row has one (see _filter), else None."""
+    return max(p.top_k for p in params) if all(p.top_k > 0 for p in params) else None
 
 
 def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[int], list[TokenLogprobs | None]]:
@@ -107,6 +120,7 @@ def sample(logits: torch.Tensor, requests: list[SampleRequest]) -> tuple[list[in
                 torch.tensor([p.top_k for p in params], device=logits.device),
                 torch.tensor([p.top_p for p in params], device=logits.device),
                 torch.tensor([p.min_p for p in params], device=logits.device),
+                _candidates(params),
             )
         probs = scaled.softmax(dim=-1)
         drawn = _draw(probs, [requests[i].generator for i in random_rows])
@@ -150,7 +164,7 @@ def sample_on_device(logits: torch.Tensor, requests: list[SampleRequest]) -> tup
             scaled = _filter(logits / _to_device(temps, logits.dtype, device)[:, None],
                              _to_device([p.top_k for p in params], torch.long, device),
                              _to_device([p.top_p for p in params], logits.dtype, device),
-                             _to_device([p.min_p for p in params], logits.dtype, device))
+                             _to_device([p.min_p for p in params], logits.dtype, device), _candidates(params))
             temps = [1.0] * len(params)
         if fast_path(logits) and logits.is_cuda:
             choice = _draw_triton(scaled, requests, greedy, temps)
