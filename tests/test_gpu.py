@@ -160,3 +160,32 @@ def test_seeded_sampling_reproducible_on_gpu(tiny):
     alone = llm.generate([PROMPTS[0]], seeded)[0].outputs[0].token_ids
     mixed = llm.generate([PROMPTS[1], PROMPTS[0]], [SamplingParams(temperature=1.0, max_tokens=16), seeded])
     assert mixed[1].outputs[0].token_ids == alone
+
+
+@needs_cuda
+def test_overlapped_decode_equals_synchronous(tiny):
+    """Decode steps launched before the previous step's tokens are read give the same outputs:
+    sequences ending by length at different steps, one by a stop token (its in-flight extra token
+    dropped), a seeded sampled row; and the KV blocks all come back."""
+    from openqwen import LLM
+
+    _, path, _ = tiny
+    llm = LLM(str(path), device="cuda", dtype="float32", kv_cache_gb=0.1, enable_prefix_caching=False)
+    runner = llm.engine.runner
+    assert runner.overlap_decode
+    probe = _generate(llm, PROMPTS[:1], 12)[0]
+    stop_at = next(i for i, t in enumerate(probe) if i >= 3 and t not in probe[:i])
+    params = [SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[probe[stop_at]]),
+              SamplingParams(temperature=0, max_tokens=5, ignore_eos=True),
+              SamplingParams(temperature=0.8, max_tokens=9, ignore_eos=True, seed=3),
+              SamplingParams(temperature=0, max_tokens=17, ignore_eos=True)]
+    free = llm.engine.block_manager.num_free_blocks
+    results = {}
+    for overlap in (True, False):
+        runner.overlap_decode = overlap
+        outs = llm.generate(PROMPTS, params)
+        results[overlap] = [(o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in outs]
+    assert results[True] == results[False]
+    assert results[True][0] == (probe[:stop_at + 1], "stop")
+    assert [len(t) for t, _ in results[True][1:]] == [5, 9, 17]
+    assert llm.engine.block_manager.num_free_blocks == free

@@ -3,6 +3,13 @@
 The engine owns the tokenizer (prompts, detokenization, stop strings), the scheduler (which
 sequences run this step) and the model runner (tensors). `LLM`, the CLI and the server all drive it
 through `add_request` / `step` / `abort`.
+
+Overlapped decode (CUDA): when a step qualifies (`ModelRunner.can_overlap`), the engine launches
+it and, while the GPU runs it, finishes the previous step on the host: reads its tokens,
+detokenizes, checks stops. The sequences carry a PENDING_TOKEN meanwhile (`Scheduler.advance`),
+and the launched step takes those input tokens straight from the previous step's samples on the
+device. A sequence that stops one step early has its extra token dropped. The host work of a step
+(scheduling, input preparation, output handling) then hides behind the GPU instead of adding to it.
 """
 
 from __future__ import annotations
@@ -12,11 +19,11 @@ from dataclasses import dataclass, field
 
 from ..tokenizer.tokenizer import IncrementalDecoder, Tokenizer
 from .block_manager import BlockManager
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, PendingStep
 from .sampler import TokenLogprobs
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import Sequence
+from .sequence import Sequence, SequenceStatus
 
 
 @dataclass
@@ -114,6 +121,8 @@ class LLMEngine:
         self.requests: dict[str, _Request] = {}
         self._track_of: dict[int, _Track] = {}
         self._ids = itertools.count()
+        # The launched, unread step of overlapped decode: its tokens and the placeholders they fill.
+        self._in_flight: tuple[PendingStep, list[tuple[Sequence, int]]] | None = None
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None) -> str:
         params = params or SamplingParams()
@@ -153,27 +162,52 @@ class LLMEngine:
         return bool(self.requests)
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler step; returns the outputs of every request that advanced."""
+        """Run one scheduler step; returns the outputs of every request that advanced (with
+        overlapped decode, the tokens of the step launched before this one)."""
         plan = self.scheduler.schedule()
-        results = self.runner.run(plan.scheduled)
-        finished = self.scheduler.update(plan, {seq_id: tok for seq_id, (tok, _) in results.items()})
-        finished_ids = {seq.seq_id for seq in finished}
-        touched: dict[str, None] = {}  # request ids in the order they advanced
-        for seq_id, (token, logprobs) in results.items():
-            track = self._track_of[seq_id]
+        if plan.scheduled and self.runner.can_overlap(plan.scheduled):
+            previous = self._in_flight[0] if self._in_flight else None
+            pending = self.runner.launch(plan.scheduled, previous)
+            touched = self._finish_in_flight()
+            self._in_flight = (pending, self.scheduler.advance(plan))
+            return self._outputs(touched)
+        touched = self._finish_in_flight()
+        # Sequences that stopped on the step just read leave this one (their blocks are freed).
+        plan.scheduled = [s for s in plan.scheduled if s.seq.status is SequenceStatus.RUNNING]
+        if plan.scheduled:
+            results = self.runner.run(plan.scheduled)
+            touched.update(self._apply(self.scheduler.advance(plan), results))
+        return self._outputs(touched)
+
+    def _finish_in_flight(self) -> dict[str, None]:
+        if self._in_flight is None:
+            return {}
+        pending, placeholders = self._in_flight
+        self._in_flight = None
+        return self._apply(placeholders, pending.result())
+
+    def _apply(self, placeholders: list[tuple[Sequence, int]],
+               results: dict[int, tuple[int, TokenLogprobs | None]]) -> dict[str, None]:
+        """Fill in a step's sampled tokens: stops, detokenization, stop strings. Returns the ids of
+        the requests that advanced, in order."""
+        touched: dict[str, None] = {}
+        for seq, index in placeholders:
+            track = self._track_of.get(seq.seq_id)
+            if track is None:
+                continue  # aborted while its step ran
+            token, logprobs = results[seq.seq_id]
+            ended = self.scheduler.resolve(seq, index, token)
             stop = track.add_token(token, logprobs)
             if stop is not None:  # a stop string wins over EOS or length in the same step: the text was cut there
-                if seq_id not in finished_ids:
-                    self.scheduler.finish(track.seq, "stop")
+                if not ended:
+                    self.scheduler.finish(seq, "stop")
                 track.finish("stop", stop)
-            elif seq_id in finished_ids:
-                track.finish(track.seq.finish_reason, token if track.seq.finish_reason == "stop" else None)
+            elif ended:
+                track.finish(seq.finish_reason, token if seq.finish_reason == "stop" else None)
             touched[track.request_id] = None
-        for seq in finished:  # finished without a sample this step (e.g. context full)
-            track = self._track_of.get(seq.seq_id)
-            if track and not track.output.finished:
-                track.finish(seq.finish_reason or "length")
-                touched[track.request_id] = None
+        return touched
+
+    def _outputs(self, touched: dict[str, None]) -> list[RequestOutput]:
         outputs = []
         for request_id in touched:
             request = self.requests[request_id]

@@ -6,7 +6,10 @@ AttentionContext, runs the model, and samples the rows that need a token.
 On CUDA it also sets up the fast path: q/k/v and gate/up weights packed into single GEMMs
 (`layers.fused.pack_model`), Triton kernels inside the layers, and decode-only steps replayed from
 CUDA graphs (`cuda_graphs.DecodeGraphs`). Host-to-device copies go through pinned memory without
-blocking, so the only synchronization of a step is the sampler's one transfer of its tokens.
+blocking, so the only synchronization of a step is the sampler's one transfer of its tokens. Such a
+graphed decode step can also be launched without waiting for it (`launch`, for the engine's
+overlapped decode): its input tokens may still be in flight, read on the device from the previous
+launched step's samples, and its own tokens come back through a `PendingStep`.
 
 On the CPU, decode-only steps of dense models with quantized weights run all their layers in one
 native call (`kernels.native_decode`); other steps run the model's PyTorch modules.
@@ -15,6 +18,7 @@ native call (`kernels.native_decode`); other steps run the model's PyTorch modul
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,8 +26,24 @@ from torch import nn
 from ..kernels.native_decode import NativeDecoder
 from ..kernels.quant import DENSE_MIN_ROWS
 from ..layers.attention import Attention, AttentionContext, fast_path
-from .sampler import SampleRequest, TokenLogprobs, sample
+from .sampler import SampleRequest, TokenLogprobs, choose_on_device, sample
 from .scheduler import ScheduledSeq
+from .sequence import PENDING_TOKEN
+
+
+@dataclass
+class PendingStep:
+    """A launched decode step whose tokens are on their way to pinned host memory."""
+
+    seq_ids: list[int]
+    row_of: dict[int, int]  # seq_id -> row of its token in the step's device samples
+    host_tokens: torch.Tensor
+    copied: torch.cuda.Event | None  # None: the copy was synchronous (CPU tests)
+
+    def result(self) -> dict[int, tuple[int, TokenLogprobs | None]]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return {seq_id: (token, None) for seq_id, token in zip(self.seq_ids, self.host_tokens.tolist())}
 
 
 def kv_bytes_per_token(model: nn.Module, dtype: torch.dtype) -> int:
@@ -73,6 +93,9 @@ class ModelRunner:
                 self.graphs = DecodeGraphs(self._logits_of, device, block_size, max_blocks, max_graph_batch,
                                            self._decode_splits)
         self.use_cuda_graphs = bool(use_cuda_graphs) and self.graphs is not None
+        # Overlapped decode (see llm_engine): graphed decode steps launch before the previous
+        # step's tokens are read. A switch for comparisons; on wherever CUDA graphs are.
+        self.overlap_decode = device.type == "cuda"
         # CPU with quantized kernels: the matmuls run on the kernels' own thread pool, and PyTorch's
         # OpenMP workers spinning beside it on the same cores made decode ~10x and a short prefill
         # ~9x slower (measured on 2 cores). Small steps therefore run PyTorch's remaining ops
@@ -140,19 +163,47 @@ class ModelRunner:
         return (self.use_cuda_graphs and all(item.num_new_tokens == 1 for item in batch)
                 and self.graphs.can_run(len(batch), max(len(item.seq.block_table) for item in batch)))
 
-    def _replay_decode(self, batch: list[ScheduledSeq]) -> torch.Tensor:
-        """Logits [B, V] of a decode-only step from the CUDA graph of its padded size."""
+    def _replay_decode(self, batch: list[ScheduledSeq], previous: PendingStep | None = None) -> torch.Tensor:
+        """Logits [B, V] of a decode-only step from the CUDA graph of its padded size. An input
+        token still pending is read on the device from `previous`'s samples."""
         bs = self.block_size
-        ids, positions, slots, lens, tables = [], [], [], [], []
+        ids, sources, positions, slots, lens, tables = [], [], [], [], [], []
         for item in batch:
             seq, pos = item.seq, item.context_len - 1
             table = seq.block_table
-            ids.append(seq.token_ids[pos])
+            token = seq.token_ids[pos]
+            ids.append(max(token, 0))
+            sources.append(previous.row_of[seq.seq_id] if token == PENDING_TOKEN else -1)
             positions.append(pos)
             slots.append(table[pos // bs] * bs + pos % bs)
             lens.append(item.context_len)
             tables.append(table)
-        return self.graphs.replay(ids, positions, slots, lens, tables)
+        return self.graphs.replay(ids, positions, slots, lens, tables, sources)
+
+    def can_overlap(self, batch: list[ScheduledSeq]) -> bool:
+        """Whether this step can be launched before the previous one's tokens are read: a graphed
+        CUDA decode step whose sampling needs no token history on the host (penalties, logits
+        processors) and returns no logprobs."""
+        if not self.overlap_decode or self.graphs is None or not self._use_graph(batch):
+            return False
+        return all(item.needs_sample and not item.seq.sampling_params.has_penalties
+                   and not item.seq.sampling_params.logits_processors and item.seq.sampling_params.logprobs is None
+                   for item in batch)
+
+    @torch.inference_mode()
+    def launch(self, batch: list[ScheduledSeq], previous: PendingStep | None) -> PendingStep:
+        """Queue a `can_overlap` step on the GPU and return at once; `result()` waits for its tokens."""
+        logits = self._replay_decode(batch, previous)
+        seqs = [item.seq for item in batch]
+        choice = choose_on_device(logits, [self._sample_request(seq) for seq in seqs])
+        self.graphs.last_tokens[:len(seqs)].copy_(choice)  # the next launched step's pending inputs
+        cuda = self.device.type == "cuda"
+        host = torch.empty(len(seqs), dtype=torch.long, pin_memory=cuda)
+        host.copy_(choice, non_blocking=cuda)
+        copied = torch.cuda.Event() if cuda else None
+        if copied is not None:
+            copied.record()
+        return PendingStep([seq.seq_id for seq in seqs], {seq.seq_id: row for row, seq in enumerate(seqs)}, host, copied)
 
     @torch.inference_mode()
     def capture_cuda_graphs(self, max_batch: int) -> None:
@@ -196,12 +247,7 @@ class ModelRunner:
                 last_rows.append(offsets - 1)
             logits = self.model.compute_logits(hidden[self._tensor([last_rows[i] for i in rows])])
         sampled = [batch[i].seq for i in rows]
-        requests = [
-            SampleRequest(seq.sampling_params, seq.prompt_token_ids, seq.completion_token_ids, self._generator(seq),
-                          self._seed(seq), seq.eos_token_ids)
-            for seq in sampled
-        ]
-        tokens, logprobs = sample(logits, requests)
+        tokens, logprobs = sample(logits, [self._sample_request(seq) for seq in sampled])
         return {seq.seq_id: (tok, lp) for seq, tok, lp in zip(sampled, tokens, logprobs)}
 
     @torch.inference_mode()
@@ -213,6 +259,10 @@ class ModelRunner:
                                torch.tensor([n], device=self.device), [n], [n], self.block_size)
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         return self.model.compute_logits(self.model(ids, torch.arange(n, device=self.device), ctx))
+
+    def _sample_request(self, seq) -> SampleRequest:
+        return SampleRequest(seq.sampling_params, seq.prompt_token_ids, seq.completion_token_ids, self._generator(seq),
+                             self._seed(seq), seq.eos_token_ids)
 
     @staticmethod
     def _seed(seq) -> int | None:

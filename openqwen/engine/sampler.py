@@ -148,28 +148,10 @@ def sample_on_device(logits: torch.Tensor, requests: list[SampleRequest]) -> tup
     """The vectorized sampler: same order and semantics as `sample`, one device-to-host transfer.
     On CUDA the draw is one Triton pass over the vocabulary (temperature + Gumbel-max, greedy rows
     included); elsewhere (the tests) the same race in PyTorch ops."""
-    device = logits.device
     params = [r.params for r in requests]
     want_logprobs = any(p.logprobs is not None for p in params)
     raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None
-    apply_logits_processors(logits, requests)
-    apply_penalties(logits, requests)
-    greedy = [p.greedy for p in params]
-    if all(greedy):
-        choice = logits.argmax(dim=-1)
-    else:
-        temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
-        scaled = logits
-        if any(p.top_k or p.top_p < 1 or p.min_p > 0 for p, g in zip(params, greedy) if not g):
-            scaled = _filter(logits / _to_device(temps, logits.dtype, device)[:, None],
-                             _to_device([p.top_k for p in params], torch.long, device),
-                             _to_device([p.top_p for p in params], logits.dtype, device),
-                             _to_device([p.min_p for p in params], logits.dtype, device), _candidates(params))
-            temps = [1.0] * len(params)
-        if fast_path(logits) and logits.is_cuda:
-            choice = _draw_triton(scaled, requests, greedy, temps)
-        else:
-            choice = _draw_torch(scaled, requests, greedy, temps)
+    choice = choose_on_device(logits, requests)
     if raw_logprobs is None:
         return choice.tolist(), [None] * len(requests)
     # Tokens, their logprobs and the top-k, packed into one float64 transfer (ids < 2**53 are exact).
@@ -189,6 +171,29 @@ def sample_on_device(logits: torch.Tensor, requests: list[SampleRequest]) -> tup
         top = [(int(row[2 + k + j]), row[2 + j]) for j in range(p.logprobs)]
         out.append(TokenLogprobs(token, row[1], top))
     return tokens, out
+
+
+def choose_on_device(logits: torch.Tensor, requests: list[SampleRequest]) -> torch.Tensor:
+    """The sampled token of each row, left on the device: processors, penalties, greedy or
+    temperature/filters and the draw. Modifies `logits` in place."""
+    device = logits.device
+    params = [r.params for r in requests]
+    apply_logits_processors(logits, requests)
+    apply_penalties(logits, requests)
+    greedy = [p.greedy for p in params]
+    if all(greedy):
+        return logits.argmax(dim=-1)
+    temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
+    scaled = logits
+    if any(p.top_k or p.top_p < 1 or p.min_p > 0 for p, g in zip(params, greedy) if not g):
+        scaled = _filter(logits / _to_device(temps, logits.dtype, device)[:, None],
+                         _to_device([p.top_k for p in params], torch.long, device),
+                         _to_device([p.top_p for p in params], logits.dtype, device),
+                         _to_device([p.min_p for p in params], logits.dtype, device), _candidates(params))
+        temps = [1.0] * len(params)
+    if fast_path(logits) and logits.is_cuda:
+        return _draw_triton(scaled, requests, greedy, temps)
+    return _draw_torch(scaled, requests, greedy, temps)
 
 
 def _draw_triton(scaled: torch.Tensor, requests: list[SampleRequest], greedy: list[bool], temps: list[float]) -> torch.Tensor:

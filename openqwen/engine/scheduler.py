@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from openqwen.engine.block_manager import BlockManager
-from openqwen.engine.sequence import Sequence, SequenceStatus
+from openqwen.engine.sequence import PENDING_TOKEN, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,20 +149,40 @@ class Scheduler:
     def update(self, output: SchedulerOutput, sampled: dict[int, int]) -> list[Sequence]:
         """Apply a finished step: record the computed KV, append the sampled tokens (seq_id ->
         token, for every scheduled seq with needs_sample) and retire sequences that should stop."""
-        finished: list[Sequence] = []
+        return [seq for seq, index in self.advance(output) if self.resolve(seq, index, sampled[seq.seq_id])]
+
+    def advance(self, output: SchedulerOutput) -> list[tuple[Sequence, int]]:
+        """Book a launched step as done before its tokens are known: its KV counts as computed and
+        each sampled sequence gets a PENDING_TOKEN, so the next step can be scheduled (and launched)
+        while this one runs. A sequence that reaches its length is retired now; its blocks may be
+        reused at once, since a later step runs after this one's last cache write. Returns the
+        placeholders (seq, index) that `resolve` must fill in."""
+        placeholders = []
         for s in output.scheduled:
             seq = s.seq
             if seq.status is not SequenceStatus.RUNNING:
-                continue  # aborted between schedule() and update()
+                continue  # aborted or stopped between schedule() and now
             self.block_manager.mark_computed(seq, s.num_new_tokens)
             if not s.needs_sample:
                 continue
-            seq.append_token(sampled[seq.seq_id])
-            reason = self._stop_reason(seq)
-            if reason is not None:
-                self.finish(seq, reason)
-                finished.append(seq)
-        return finished
+            placeholders.append((seq, seq.num_tokens))
+            seq.append_token(PENDING_TOKEN)
+            if seq.num_tokens >= seq.max_num_tokens:
+                self.finish(seq, "length")
+        return placeholders
+
+    def resolve(self, seq: Sequence, index: int, token: int) -> bool:
+        """Fill in a sampled token and retire the sequence if it stops there. Returns whether the
+        token ended it (by a stop token, or as the last one its length allows)."""
+        seq.token_ids[index] = token
+        if seq.is_finished:  # retired for length by advance(): a stop token still takes precedence
+            if seq.finish_reason == "length" and self._stop_reason(seq) == "stop":
+                seq.finish_reason = "stop"
+            return True
+        reason = self._stop_reason(seq)
+        if reason is not None:
+            self.finish(seq, reason)
+        return reason is not None
 
     @staticmethod
     def _stop_reason(seq: Sequence) -> str | None:

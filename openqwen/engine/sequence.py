@@ -14,6 +14,11 @@ from itertools import count
 from openqwen.engine.sampling_params import SamplingParams
 
 
+# Stands in `token_ids` for a token that a launched step is still sampling on the GPU (the engine's
+# overlapped decode); the step's result replaces it before anything reads its value.
+PENDING_TOKEN = -1
+
+
 class SequenceStatus(Enum):
     WAITING = auto()  # queued, holds no KV blocks (new, or preempted and to be recomputed)
     RUNNING = auto()  # holds KV blocks; part of every step until it finishes

@@ -20,13 +20,16 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from .pdl import launch_options, pdl_start, use_pdl
+
 
 # -- RMSNorm, optionally fused with the residual add -------------------------------------------------
 @triton.jit
 def _rmsnorm_kernel(
     X, R, W, Y, R_out, stride_x, stride_r, stride_y, stride_ro, eps,
-    N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -51,8 +54,10 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
     r_out = torch.empty_like(x) if residual is not None else y
     r = residual if residual is not None else x
     warps = 1 if block <= 512 else 4 if block <= 4096 else 8
+    pdl = use_pdl(x)
     _rmsnorm_kernel[(T,)](x, r, weight, y, r_out, x.stride(0), r.stride(0), y.stride(0), r_out.stride(0), eps,
-                          N=N, BLOCK=block, HAS_RESIDUAL=residual is not None, num_warps=warps)
+                          N=N, BLOCK=block, HAS_RESIDUAL=residual is not None, PDL=pdl, num_warps=warps,
+                          **launch_options(pdl))
     return y if residual is None else (y, r_out)
 
 
@@ -88,7 +93,9 @@ def _norm_rope_heads(X, W, Cos, Sin, t, stride_t, stride_h, eps,
 def _qk_norm_rope_kernel(
     Q, K, Cos, Sin, Wq, Wk, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st, eps,
     HQ: tl.constexpr, HK: tl.constexpr, BLOCK_H: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_start(PDL)
     t = tl.program_id(0).to(tl.int64)
     cos, sin = Cos + t * stride_ct, Sin + t * stride_st
     if tl.program_id(1) == 0:  # the query heads
@@ -112,17 +119,19 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     eps = q_norm.eps if has_norm else 0.0
     half = d // 2
     assert half == triton.next_power_of_2(half), "head_dim must be a power of two on the fused path"
+    pdl = use_pdl(q)
     _qk_norm_rope_kernel[(T, 2)](
         q, k, cos, sin, wq, wk, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0), eps,
-        HQ=hq, HK=hk, BLOCK_H=triton.next_power_of_2(max(hq, hk)), HALF=half, HAS_NORM=has_norm,
-        num_warps=4 if hq * d >= 2048 else 1,
+        HQ=hq, HK=hk, BLOCK_H=triton.next_power_of_2(max(hq, hk)), HALF=half, HAS_NORM=has_norm, PDL=pdl,
+        num_warps=4 if hq * d >= 2048 else 1, **launch_options(pdl),
     )
     return q, k
 
 
 # -- SwiGLU activation over a packed [gate | up] projection ------------------------------------------
 @triton.jit
-def _silu_mul_kernel(X, Y, stride_x, stride_y, N: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_mul_kernel(X, Y, stride_x, stride_y, N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -139,5 +148,7 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     n = two_n // 2
     y = torch.empty(T, n, dtype=x.dtype, device=x.device)
     block = min(1024, triton.next_power_of_2(n))
-    _silu_mul_kernel[(T, triton.cdiv(n, block))](x, y, x.stride(0), y.stride(0), N=n, BLOCK=block, num_warps=4)
+    pdl = use_pdl(x)
+    _silu_mul_kernel[(T, triton.cdiv(n, block))](x, y, x.stride(0), y.stride(0), N=n, BLOCK=block, PDL=pdl,
+                                                 num_warps=4, **launch_options(pdl))
     return y

@@ -27,13 +27,16 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_options, pdl_start, use_pdl
+
 
 @triton.jit
 def _store_kv_kernel(
     K, V, K_cache, V_cache, Slots,
     stride_kt, stride_vt,
-    ROW: tl.constexpr, BLOCK: tl.constexpr,
+    ROW: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_start(PDL)
     t = tl.program_id(0)
     slot = tl.load(Slots + t).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -52,8 +55,10 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     if T == 0:
         return
     row = hkv * d
+    pdl = use_pdl(k)
     _store_kv_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
-                           ROW=row, BLOCK=triton.next_power_of_2(row), num_warps=4 if row >= 1024 else 1)
+                           ROW=row, BLOCK=triton.next_power_of_2(row), PDL=pdl, num_warps=4 if row >= 1024 else 1,
+                           **launch_options(pdl))
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -62,8 +67,9 @@ def _decode_kernel(
     stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
     scale, num_splits,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_start(PDL)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -120,8 +126,9 @@ def _decode_kernel(
 @triton.jit(do_not_specialize=["num_splits"])
 def _merge_splits_kernel(
     Part_out, Part_lse, Out, stride_ot, stride_oh, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_start(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     base = (seq * tl.num_programs(1) + head) * num_splits
@@ -163,6 +170,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     block_d = triton.next_power_of_2(d)
     # tl.dot needs at least 16 rows: small query groups are padded (masked) up to 16.
     block_g = max(16, triton.next_power_of_2(group))
+    pdl = use_pdl(q)
     if num_splits > 1:
         part_out = torch.empty(B, H, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
@@ -173,14 +181,14 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), scale, num_splits,
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=d, BLOCK_D=block_d, PAGE=page,
-        BLOCK_N=block_n or (64 if d <= 128 else 32), SPLIT=num_splits > 1, PRECISION=_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        BLOCK_N=block_n or (64 if d <= 128 else 32), SPLIT=num_splits > 1, PRECISION=_precision(q.dtype), PDL=pdl,
+        num_warps=num_warps, num_stages=num_stages, **launch_options(pdl),
     )
     if num_splits > 1:
         _merge_splits_kernel[(B, H)](
             part_out, part_lse, out, out.stride(0), out.stride(1), num_splits,
-            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_S=max(16, triton.next_power_of_2(num_splits)),
-            num_warps=1 if block_d <= 128 else 2,
+            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_S=max(16, triton.next_power_of_2(num_splits)), PDL=pdl,
+            num_warps=1 if block_d <= 128 else 2, **launch_options(pdl),
         )
     return out
 
