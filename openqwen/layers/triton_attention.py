@@ -9,7 +9,8 @@ Three kernels:
   * `decode_attention`: one query per sequence. One program per (sequence, KV head, split) handles
     the whole query group of that KV head, so each cached K/V row is read once per group (GQA).
     Long contexts can be split across programs (split-K, "flash decoding") when the batch alone
-    would leave most multiprocessors idle; a second small kernel merges the partial softmaxes.
+    would leave most multiprocessors idle; the last split of each head to finish merges the
+    partial softmaxes, in the same kernel.
     The number of splits is fixed per launch shape (so a CUDA graph can hold it); each split covers
     an equal share of its sequence's actual context, computed on the device.
   * `prefill_attention`: variable-length query chunks (flat [T, H, d]; `cu_query_lens`) against the
@@ -63,11 +64,12 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_kernel(
-    Q, K_cache, V_cache, Block_tables, Context_lens, Out, Part_out, Part_lse,
+    Q, K_cache, V_cache, Block_tables, Context_lens, Out, Part_out, Part_lse, Counters,
     stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
     scale, num_splits,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_start(PDL)
     seq = tl.program_id(0)
@@ -121,29 +123,36 @@ def _decode_kernel(
         lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("-inf"))
         tl.store(Part_lse + base, lse, mask=g_mask)
         tl.store(Part_out + base[:, None] * BLOCK_D + offs_d[None, :], out, mask=out_mask)
+        # The last split of this (sequence, KV head) to finish merges them all, so no second
+        # kernel runs: the barrier orders every thread's stores before the counter's release, the
+        # acquire (and a barrier again) orders the merge's loads after the other splits' stores.
+        tl.debug_barrier()
+        counter = Counters + seq * tl.num_programs(1) + kvh
+        if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
+            tl.debug_barrier()
+            for g in tl.static_range(GROUP):
+                head = kvh * GROUP + g
+                _merge_splits(Part_out, Part_lse, Out + seq * stride_ot + head * stride_oh,
+                              (seq * num_heads + head) * num_splits, num_splits, HEAD_DIM, BLOCK_D, BLOCK_S)
+            tl.store(counter, 0)  # ready for the next launch
 
 
-@triton.jit(do_not_specialize=["num_splits"])
-def _merge_splits_kernel(
-    Part_out, Part_lse, Out, stride_ot, stride_oh, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
-):
-    pdl_start(PDL)
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    base = (seq * tl.num_programs(1) + head) * num_splits
+@triton.jit
+def _merge_splits(Part_out, Part_lse, Out, base, num_splits,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One head's output from its splits' partial results: softmax-weighted by their log-sum-exps."""
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_mask = offs_s < num_splits
-    lse = tl.load(Part_lse + base + offs_s, mask=s_mask, other=float("-inf"))
+    lse = tl.load(Part_lse + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
     top = tl.max(lse, 0)
     top = tl.where(top == float("-inf"), 0.0, top)
     w = tl.exp(lse - top)  # 0 for empty splits
     parts = tl.load(Part_out + (base + offs_s)[:, None] * BLOCK_D + offs_d[None, :],
-                    mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+                    mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0, cache_modifier=".cg")
     total = tl.sum(w, 0)
     out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
-    tl.store(Out + seq * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    tl.store(Out + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -174,23 +183,34 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if num_splits > 1:
         part_out = torch.empty(B, H, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
+        counters = _split_counters(q.device, B * hkv)
     else:
-        part_out = part_lse = out  # unused
+        part_out = part_lse = counters = out  # unused
     _decode_kernel[(B, hkv, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, part_out, part_lse,
+        q, k_cache, v_cache, block_tables, context_lens, out, part_out, part_lse, counters,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), scale, num_splits,
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=d, BLOCK_D=block_d, PAGE=page,
-        BLOCK_N=block_n or (64 if d <= 128 else 32), SPLIT=num_splits > 1, PRECISION=_precision(q.dtype), PDL=pdl,
+        BLOCK_N=block_n or (64 if d <= 128 else 32), SPLIT=num_splits > 1,
+        BLOCK_S=max(16, triton.next_power_of_2(num_splits)), PRECISION=_precision(q.dtype), PDL=pdl,
         num_warps=num_warps, num_stages=num_stages, **launch_options(pdl),
     )
-    if num_splits > 1:
-        _merge_splits_kernel[(B, H)](
-            part_out, part_lse, out, out.stride(0), out.stride(1), num_splits,
-            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_S=max(16, triton.next_power_of_2(num_splits)), PDL=pdl,
-            num_warps=1 if block_d <= 128 else 2, **launch_options(pdl),
-        )
     return out
+
+
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 arrival counters, one per (sequence, KV head), kept for the process: each
+    merge resets its counter, so a CUDA graph can replay the kernel without a memset node. Split-K
+    runs only while batch * kv_heads is below twice the multiprocessors, so a few thousand suffice."""
+    counters = _counters.get(device)
+    if counters is None or counters.numel() < n:
+        assert not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()), \
+            "split counters must exist before graph capture"
+        counters = _counters[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return counters
 
 
 @triton.jit
