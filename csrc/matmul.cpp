@@ -27,6 +27,21 @@ struct SegmentsJob {
     int T;
 };
 
+// Rows [lo, hi) of a Q5_0_PAIRS weight under kernels without a kernel for that layout (the
+// portable ones, e.g. after set_isa): back to GGUF blocks in a per-thread buffer, 16 rows at a time.
+void rows_q5_0_unpacked(const KernelTable& k, const MatmulSegment& s, int T, int64_t lo, int64_t hi) {
+    constexpr int64_t kRows = 16;
+    const int64_t K = s.act->K;
+    const size_t rb = row_bytes(kQ5_0PairsIndex, K);
+    thread_local std::vector<uint8_t> buf;
+    buf.resize(rb * kRows);
+    for (int64_t r0 = lo; r0 < hi; r0 += kRows) {
+        const int64_t r1 = std::min(hi, r0 + kRows);
+        for (int64_t r = r0; r < r1; ++r) unpack_q5_0_pairs(s.w + r * rb, buf.data() + (r - r0) * rb, K / kQK);
+        k.rows[kQ5_0Index](buf.data(), rb, *s.act, T, s.y + r0, s.N, 0, r1 - r0);
+    }
+}
+
 // Global rows [begin, end) run through the segments they fall in, in order.
 void run_segment_rows(void* ctx, int64_t begin, int64_t end) {
     const auto* job = static_cast<const SegmentsJob*>(ctx);
@@ -35,7 +50,13 @@ void run_segment_rows(void* ctx, int64_t begin, int64_t end) {
     for (int i = 0; i < job->count && offset < end; ++i) {
         const MatmulSegment& s = job->segments[i];
         const int64_t lo = std::max(begin, offset) - offset, hi = std::min(end, offset + s.N) - offset;
-        if (lo < hi) k.rows[s.type_idx](s.w, row_bytes(s.type_idx, s.act->K), *s.act, job->T, s.y, s.N, lo, hi);
+        if (lo < hi) {
+            if (k.rows[s.type_idx] != nullptr) {
+                k.rows[s.type_idx](s.w, row_bytes(s.type_idx, s.act->K), *s.act, job->T, s.y, s.N, lo, hi);
+            } else {
+                rows_q5_0_unpacked(k, s, job->T, lo, hi);
+            }
+        }
         offset += s.N;
     }
 }
@@ -78,6 +99,11 @@ void forget_pool_after_fork() { g_pool = nullptr; }
 int64_t chunk_rows(int64_t n, int threads) {
     const int64_t c = (n + 8 * threads - 1) / (8 * threads);
     return c > 0 ? c : 1;
+}
+
+int packed_type(int type) {
+    const bool pairs = type == static_cast<int>(QType::Q5_0) && kernels().rows[kQ5_0PairsIndex] != nullptr;
+    return pairs ? static_cast<int>(QType::Q5_0_PAIRS) : type;
 }
 
 size_t row_bytes(int type_idx, int64_t K) {

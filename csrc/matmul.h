@@ -49,6 +49,10 @@ struct MatmulSegment {
 
 size_t row_bytes(int type_idx, int64_t K);
 
+// The layout the selected kernels read fastest for GGML type `type`: Q5_0_PAIRS for Q5_0 where
+// they have a kernel for it (see repack_q5_0_pairs), else `type` itself.
+int packed_type(int type);
+
 // Runs every segment's rows as one parallel job (one wake-up and one barrier for, e.g., q, k and
 // v together). The caller holds pool_mutex().
 void matmul_segments(const MatmulSegment* segments, int count, int T);

@@ -8,7 +8,8 @@
 // Offsets and mins go through the activation sums (QAct::ds / bsums), not through each weight.
 // At batch 1 the limits are memory and the vector ALUs, so: software prefetch 4 KiB ahead, up to
 // 4 independent FMA chains per output, and legacy block scales converted 8 at a time.
-// Each weight row is decoded once per tile of up to 4 activation rows (rows_tiled).
+// Each weight row is decoded once per tile of up to 4 activation rows (rows_tiled). Q5_0, whose
+// fifth bits made it the costliest to unpack, runs on a copy re-laid at load time (Q5_0_PAIRS).
 #include "quant_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -16,6 +17,12 @@
 
 namespace oq {
 namespace {
+
+inline uint64_t load_u64(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
 
 OQ_AVX2 inline float f16(const uint8_t* p) {
     uint16_t h;
@@ -171,6 +178,85 @@ OQ_AVX2_INLINE void row_32(const uint8_t* row, const QAct& x, int64_t t0, float*
         for (int c = 1; c < kC; ++c) acc[0][u] = _mm256_add_ps(acc[0][u], acc[c][u]);
         const float c = B::kMin ? hsum(corr[u]) : B::kZero * hsum(corr[u]);
         y[u * ldy] = hsum(acc[0][u]) + c;
+    }
+}
+
+// Unsigned weight bytes q of block b + i against activation rows t0 .. t0 + TT (scale[u][i] is the
+// product of the two block scales): the same operations as group_32 for one block.
+template <int TT>
+OQ_AVX2_INLINE void dot_block(__m256i q, int i, const QAct& x, int64_t t0, int64_t b,
+                              const float (*scale)[8], __m256 (*acc)[TT]) {
+    for (int u = 0; u < TT; ++u) {
+        const int8_t* xq = x.q + (t0 + u) * x.K + (b + i) * kQK;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), _mm256_set1_epi16(1));
+        __m256& s = acc[i % kChains<TT>][u];
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[u][i]), s);
+    }
+}
+
+// Q5_0_PAIRS (layout in quant_common.h): a group of up to 8 blocks. Per pair of blocks, one load
+// and three operations give both blocks' low 4 bits, and two operations each their fifth bits
+// (row_32<BlockQ5_0> spends two and five per block). Blocks, chains and the order of every
+// operation on the accumulators are those of row_32<BlockQ5_0>, so results are bit-identical.
+template <int TT>
+OQ_AVX2_INLINE void group_q5_0_pairs(const uint8_t* grp, const QAct& x, int64_t t0, int64_t b, int count,
+                                     __m256 (*acc)[TT], __m256* corr) {
+    const int64_t nb = x.K / kQK;
+    prefetch_ahead(grp, 8 * BlockQ5_0::kBytes);
+    // The 8 scales, and for a shorter group zeros after its count (the 16 bytes are the group's own)
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 a = _mm256_and_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp))),
+                                   _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane)));
+    alignas(32) float scale[TT][8];
+    for (int u = 0; u < TT; ++u) {
+        const int64_t g = (t0 + u) * nb + b;  // x.d / x.ds may be read past the row: padded, finite
+        _mm256_store_ps(scale[u], _mm256_mul_ps(a, _mm256_loadu_ps(x.d + g)));
+        corr[u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x.ds + g), corr[u]);
+    }
+    const uint8_t* fifth = grp + 2 * count;
+    const uint8_t* nib = fifth + 8 * (count / 2);
+    const __m256i m4 = _mm256_set1_epi8(15);
+    // Byte j of lane l of the first block tests bit 2l + j / 8 of fifth-bit byte j % 8, giving
+    // 0, 1, 2, 4 or 8, which a table maps to 0 or 0x10; the second block tests bits 4-7 of the
+    // same bytes, and min() maps those results (0, 16, ..., 128) to 0 or 0x10.
+    const __m256i sel0 = _mm256_setr_epi64x(0x0101010101010101, 0x0202020202020202, 0x0404040404040404,
+                                            0x0808080808080808);
+    const __m256i sel1 = _mm256_slli_epi16(sel0, 4);
+    const __m256i bit4 = _mm256_setr_epi8(0, 16, 16, 0, 16, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0,  //
+                                          0, 16, 16, 0, 16, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0);
+    for (int i = 0; i < 8; i += 2) {
+        if (i + 1 >= count) break;
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 16 * i));
+        const __m256i h = _mm256_set1_epi64x(static_cast<int64_t>(load_u64(fifth + 4 * i)));
+        const __m256i f0 = _mm256_shuffle_epi8(bit4, _mm256_and_si256(h, sel0));
+        const __m256i f1 = _mm256_min_epu8(_mm256_and_si256(h, sel1), _mm256_set1_epi8(0x10));
+        dot_block<TT>(_mm256_or_si256(_mm256_and_si256(v, m4), f0), i, x, t0, b, scale, acc);
+        dot_block<TT>(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), f1), i + 1, x, t0, b,
+                      scale, acc);
+    }
+    if (count % 2 != 0) {  // the group's last block, stored as a GGUF block without its scale
+        dot_block<TT>(BlockQ5_0::quants(nib + 16 * (count - 1) - 2), count - 1, x, t0, b, scale, acc);
+    }
+}
+
+template <int TT>
+OQ_AVX2_INLINE void row_q5_0_pairs(const uint8_t* row, const QAct& x, int64_t t0, float* y, int64_t ldy) {
+    constexpr int kC = kChains<TT>;
+    constexpr int kB = BlockQ5_0::kBytes;
+    const int64_t nb = x.K / kQK;
+    __m256 acc[kC][TT];
+    __m256 corr[TT];
+    for (int u = 0; u < TT; ++u) {
+        for (int c = 0; c < kC; ++c) acc[c][u] = _mm256_setzero_ps();
+        corr[u] = _mm256_setzero_ps();
+    }
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) group_q5_0_pairs<TT>(row + b * kB, x, t0, b, 8, acc, corr);
+    if (b < nb) group_q5_0_pairs<TT>(row + b * kB, x, t0, b, static_cast<int>(nb - b), acc, corr);
+    for (int u = 0; u < TT; ++u) {
+        for (int c = 1; c < kC; ++c) acc[0][u] = _mm256_add_ps(acc[0][u], acc[c][u]);
+        y[u * ldy] = hsum(acc[0][u]) + BlockQ5_0::kZero * hsum(corr[u]);
     }
 }
 
@@ -332,6 +418,8 @@ OQ_AVX2 void tile(const uint8_t* w, size_t row_bytes, const QAct& x, int64_t t0,
 template <class B>
 constexpr RowsFn rows_32 =
     rows_tiled<tile<row_32<B, 4>>, tile<row_32<B, 3>>, tile<row_32<B, 2>>, tile<row_32<B, 1>>>;
+constexpr RowsFn rows_q5_0_pairs = rows_tiled<tile<row_q5_0_pairs<4>>, tile<row_q5_0_pairs<3>>,
+                                              tile<row_q5_0_pairs<2>>, tile<row_q5_0_pairs<1>>>;
 template <bool kFifthBit>
 constexpr RowsFn rows_q45_k = rows_tiled<tile<row_q45_k<kFifthBit, 4>>, tile<row_q45_k<kFifthBit, 3>>,
                                          tile<row_q45_k<kFifthBit, 2>>, tile<row_q45_k<kFifthBit, 1>>>;
@@ -451,7 +539,7 @@ const KernelTable* avx2_kernels() {
         quantize_act32_avx2,
         quantize_act256_avx2,
         {rows_32<BlockQ4_0>, rows_32<BlockQ4_1>, rows_32<BlockQ5_0>, rows_32<BlockQ5_1>,
-         rows_32<BlockQ8_0>, rows_q45_k<false>, rows_q45_k<true>, rows_q6_k},
+         rows_32<BlockQ8_0>, rows_q45_k<false>, rows_q45_k<true>, rows_q6_k, rows_q5_0_pairs},
     };
     __builtin_cpu_init();
     const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

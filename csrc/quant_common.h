@@ -27,9 +27,11 @@ enum class QType : int {
     Q4_K = 12,
     Q5_K = 13,
     Q6_K = 14,
+    // Not a GGML type: Q5_0 weights re-laid for the AVX2 kernel by repack_q5_0_pairs (below).
+    Q5_0_PAIRS = 1006,
 };
 
-constexpr int kNumTypes = 8;
+constexpr int kNumTypes = 9;
 constexpr int kQK = 32;    // legacy weight block size, and their activation block size
 constexpr int kQKK = 256;  // K-quant super-block size, and their activation block size
 
@@ -42,8 +44,9 @@ struct TypeInfo {
 constexpr TypeInfo kTypes[kNumTypes] = {
     {QType::Q4_0, 32, 18},  {QType::Q4_1, 32, 20},   {QType::Q5_0, 32, 22},
     {QType::Q5_1, 32, 24},  {QType::Q8_0, 32, 34},   {QType::Q4_K, 256, 144},
-    {QType::Q5_K, 256, 176}, {QType::Q6_K, 256, 210},
+    {QType::Q5_K, 256, 176}, {QType::Q6_K, 256, 210},  {QType::Q5_0_PAIRS, 32, 22},
 };
+constexpr int kQ5_0Index = 2, kQ5_0PairsIndex = 8;
 
 // Index of `type` in kTypes, or -1 when unsupported.
 inline int type_index(int type) {
@@ -66,6 +69,16 @@ inline int type_index(int type) {
 //   fifth bit of element l of sub-block s.
 // Q6_K (210 B): u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d; 16 sub-blocks of 16,
 //   w = d * scales[e / 16] * (q6 - 32); see decode_q6_k in quant_scalar.cpp for the bit layout.
+//
+// Q5_0_PAIRS: the same bytes per row as Q5_0, rearranged once at load time so that the AVX2 kernel
+// unpacks two blocks with fewer operations (and reads 8 scales with one conversion). Each group of
+// c = min(8, blocks left) blocks A_0 .. A_{c-1} of a row holds, in order:
+//   f16 d[c] | per pair p < c / 2: u8 h[8] | per pair p: u8 qs[32] | if c is odd: the last block's qh, qs (20 B)
+// For the pair (A, B) = (A_{2p}, A_{2p+1}), with n_j and b_j the low 4 bits and the fifth bit of weight j:
+//   qs[j] = n_j(A) | n_j(B) << 4 and qs[16 + j] = n_{16+j}(A) | n_{16+j}(B) << 4 (j < 16), so that
+//   the low nibbles of the 32 bytes are A's weights in order and the high nibbles B's;
+//   bit k of h[m] is b_{8k+m}(A) (k < 4) and b_{8(k-4)+m}(B) (k >= 4).
+// Only the native kernels see this layout: QuantLinear keeps the GGUF bytes and builds the copy.
 
 inline float fp16_to_fp32(uint16_t h) {
     const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
@@ -170,7 +183,11 @@ const KernelTable& scalar_kernels();
 const KernelTable* avx2_kernels();
 const KernelTable* neon_kernels();
 
-// Dequantizes one row of K weights to fp32, bit-identical to gguf.quants.dequantize.
+// Dequantizes one row of K weights to fp32, bit-identical to gguf.quants.dequantize (GGML types only).
 void dequantize_row(int type_idx, const uint8_t* w, int64_t K, float* out);
+
+// One row of K / 32 Q5_0 blocks to Q5_0_PAIRS and back (src and dst do not overlap).
+void repack_q5_0_pairs(const uint8_t* src, uint8_t* dst, int64_t blocks);
+void unpack_q5_0_pairs(const uint8_t* src, uint8_t* dst, int64_t blocks);
 
 }  // namespace oq

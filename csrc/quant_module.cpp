@@ -99,6 +99,10 @@ PyObject* py_dequantize(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const int64_t N = a[3], K = a[4];
     const int idx = check_type(a[0], K);
     if (idx < 0) return nullptr;
+    if (idx == kQ5_0PairsIndex) {
+        PyErr_SetString(PyExc_ValueError, "dequantize reads GGUF blocks, not the Q5_0_PAIRS layout");
+        return nullptr;
+    }
     if (N < 0) {
         PyErr_SetString(PyExc_ValueError, "N must be non-negative");
         return nullptr;
@@ -109,6 +113,50 @@ PyObject* py_dequantize(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     {
         std::lock_guard<std::mutex> lock(pool_mutex());
         pool().parallel_for(N, chunk_rows(N, pool_threads()), run_dequant_rows, &job);
+    }
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+struct RepackJob {
+    const uint8_t* src;
+    uint8_t* dst;
+    size_t row_bytes;
+    int64_t blocks;
+};
+
+void run_repack_rows(void* ctx, int64_t begin, int64_t end) {
+    const auto* job = static_cast<const RepackJob*>(ctx);
+    for (int64_t n = begin; n < end; ++n) {
+        repack_q5_0_pairs(job->src + n * job->row_bytes, job->dst + n * job->row_bytes, job->blocks);
+    }
+}
+
+PyObject* py_packed_type(PyObject*, PyObject* arg) {
+    const long type = PyLong_AsLong(arg);
+    if (type == -1 && PyErr_Occurred()) return nullptr;
+    int packed;
+    {
+        std::lock_guard<std::mutex> lock(pool_mutex());  // set_isa changes the kernels under it
+        packed = packed_type(static_cast<int>(type));
+    }
+    return PyLong_FromLong(packed);
+}
+
+PyObject* py_repack(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+    int64_t a[5];
+    if (!parse_int64s(args, nargs, 5, a, "repack")) return nullptr;
+    const int64_t N = a[3], K = a[4];
+    if (a[0] != static_cast<int64_t>(QType::Q5_0) || check_type(a[0], K) < 0 || N < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "repack takes Q5_0 weights and N >= 0");
+        return nullptr;
+    }
+    RepackJob job{reinterpret_cast<const uint8_t*>(a[1]), reinterpret_cast<uint8_t*>(a[2]),
+                  row_bytes(kQ5_0Index, K), K / kQK};
+    Py_BEGIN_ALLOW_THREADS;
+    {
+        std::lock_guard<std::mutex> lock(pool_mutex());
+        pool().parallel_for(N, chunk_rows(N, pool_threads()), run_repack_rows, &job);
     }
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
@@ -151,9 +199,14 @@ PyObject* py_set_isa(PyObject*, PyObject* arg) {
 
 PyMethodDef kMethods[] = {
     {"mul_mat", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_mul_mat)), METH_FASTCALL,
-     "mul_mat(type, w_ptr, x_ptr, y_ptr, T, N, K): y[T,N] = x[T,K] @ W[N,K]^T over raw GGUF blocks"},
+     "mul_mat(type, w_ptr, x_ptr, y_ptr, T, N, K): y[T,N] = x[T,K] @ W[N,K]^T over raw GGUF blocks "
+     "(or a repack()ed copy, type packed_type(...))"},
     {"dequantize", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dequantize)), METH_FASTCALL,
      "dequantize(type, w_ptr, out_ptr, N, K): raw GGUF blocks to fp32 rows"},
+    {"packed_type", py_packed_type, METH_O,
+     "packed_type(type) -> the type id of the layout mul_mat reads fastest for GGML type `type`"},
+    {"repack", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_repack)), METH_FASTCALL,
+     "repack(type, src_ptr, dst_ptr, N, K): Q5_0 blocks to the packed_type(Q5_0) layout"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): threads used per call"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},

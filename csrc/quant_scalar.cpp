@@ -185,6 +185,75 @@ const KernelTable& scalar_kernels() {
     return table;
 }
 
+namespace {
+
+// Q5_0_PAIRS (quant_common.h): pack = true goes from the GGUF blocks to the pairs, false back.
+template <bool kPack>
+void convert_q5_0_pairs(const uint8_t* src, uint8_t* dst, int64_t blocks) {
+    constexpr int kB = 22;
+    for (int64_t b0 = 0; b0 < blocks; b0 += 8) {
+        const int c = blocks - b0 < 8 ? static_cast<int>(blocks - b0) : 8;
+        const uint8_t* in = src + b0 * kB;
+        uint8_t* out = dst + b0 * kB;
+        uint8_t* gguf = kPack ? const_cast<uint8_t*>(in) : out;     // c blocks of 22 bytes
+        uint8_t* pairs = kPack ? out : const_cast<uint8_t*>(in);    // the group in Q5_0_PAIRS
+        uint8_t* h = pairs + 2 * c;
+        uint8_t* qs = h + 8 * (c / 2);
+        for (int i = 0; i < c; ++i) {
+            uint8_t* d = gguf + kB * i;
+            if (kPack) std::memcpy(pairs + 2 * i, d, 2); else std::memcpy(d, pairs + 2 * i, 2);
+        }
+        for (int p = 0; p < c / 2; ++p) {
+            uint8_t* a = gguf + kB * (2 * p);
+            uint8_t* b = a + kB;
+            uint8_t* hp = h + 8 * p;
+            uint8_t* qp = qs + 32 * p;
+            if (kPack) {
+                const uint32_t ha = load_u32(a + 2), hb = load_u32(b + 2);
+                for (int m = 0; m < 8; ++m) {
+                    uint8_t v = 0;
+                    for (int k = 0; k < 4; ++k) {
+                        v = static_cast<uint8_t>(v | ((ha >> (8 * k + m)) & 1) << k | ((hb >> (8 * k + m)) & 1) << (k + 4));
+                    }
+                    hp[m] = v;
+                }
+                for (int j = 0; j < 16; ++j) {
+                    qp[j] = static_cast<uint8_t>((a[6 + j] & 15) | (b[6 + j] << 4));
+                    qp[16 + j] = static_cast<uint8_t>((a[6 + j] >> 4) | (b[6 + j] & 0xf0));
+                }
+            } else {
+                uint32_t ha = 0, hb = 0;
+                for (int m = 0; m < 8; ++m) {
+                    for (int k = 0; k < 4; ++k) {
+                        ha |= static_cast<uint32_t>((hp[m] >> k) & 1) << (8 * k + m);
+                        hb |= static_cast<uint32_t>((hp[m] >> (k + 4)) & 1) << (8 * k + m);
+                    }
+                }
+                std::memcpy(a + 2, &ha, 4);
+                std::memcpy(b + 2, &hb, 4);
+                for (int j = 0; j < 16; ++j) {
+                    a[6 + j] = static_cast<uint8_t>((qp[j] & 15) | (qp[16 + j] << 4));
+                    b[6 + j] = static_cast<uint8_t>((qp[j] >> 4) | (qp[16 + j] & 0xf0));
+                }
+            }
+        }
+        if (c % 2 != 0) {
+            uint8_t* last = gguf + kB * (c - 1) + 2;
+            if (kPack) std::memcpy(qs + 32 * (c / 2), last, 20); else std::memcpy(last, qs + 32 * (c / 2), 20);
+        }
+    }
+}
+
+}  // namespace
+
+void repack_q5_0_pairs(const uint8_t* src, uint8_t* dst, int64_t blocks) {
+    convert_q5_0_pairs<true>(src, dst, blocks);
+}
+
+void unpack_q5_0_pairs(const uint8_t* src, uint8_t* dst, int64_t blocks) {
+    convert_q5_0_pairs<false>(src, dst, blocks);
+}
+
 void dequantize_row(int type_idx, const uint8_t* w, int64_t K, float* out) {
     const DecodeFn decode = kDecoders[type_idx];
     Group grp;

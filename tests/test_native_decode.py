@@ -46,7 +46,23 @@ def decode_context(num_blocks: int, lens: list[int], gen: torch.Generator) -> At
 @pytest.mark.parametrize("arch,qtype", CASES, ids=[f"{a}-{q.name}" for a, q in CASES])
 def test_step_matches_the_model(tmp_path, arch, qtype):
     llm = tiny_llm(tmp_path, arch, qtype)
+    check_step(llm.engine.runner)
+
+
+def test_step_sees_in_place_weight_writes(tmp_path):
+    """Q5_0 weights reach the plan through a native-only copy (QuantLinear.native_weight); a write
+    to qweight after the plan was made must still reach the step, as it does for other types."""
+    llm = tiny_llm(tmp_path, "qwen3", Q.Q5_0)
     runner = llm.engine.runner
+    assert runner.native_decoder is not None
+    for layer in runner.model.model.layers:
+        for lin in (layer.mlp.gate_proj, layer.self_attn.o_proj):
+            w = lin.qweight
+            w.copy_(w.roll(1, 0))  # other rows, still valid blocks
+    check_step(runner)
+
+
+def check_step(runner) -> None:
     assert runner.native_decoder is not None
     gen = torch.Generator().manual_seed(0)
     runner.kv_cache.copy_(torch.randn(runner.kv_cache.shape, generator=gen))  # a filled cache
@@ -54,14 +70,15 @@ def test_step_matches_the_model(tmp_path, arch, qtype):
     ctx = decode_context(runner.kv_cache.shape[2], lens, gen)
     ids, positions = torch.tensor([10, 20, 30, 40]), torch.tensor(lens) - 1
     before = runner.kv_cache.clone()
-    with torch.inference_mode():
+    with torch.inference_mode():  # the native step first: the model's own calls come after it
+        got = runner.native_decoder(ids, positions, ctx)
+        got_cache = runner.kv_cache.clone()
+        runner.kv_cache.copy_(before)
         expected = runner.model(ids, positions, ctx)
         expected_cache = runner.kv_cache.clone()
-        runner.kv_cache.copy_(before)
-        got = runner.native_decoder(ids, positions, ctx)
     scale = expected.abs().max()
     assert (got - expected).abs().max() <= 3e-4 * scale
-    torch.testing.assert_close(runner.kv_cache, expected_cache, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got_cache, expected_cache, rtol=0, atol=1e-4)
     written = (expected_cache != before).flatten(2, 3).any(-1).any(-1).any(0).any(0)  # blocks touched
     assert written.sum() == len(lens)  # exactly the one new slot of each sequence
 

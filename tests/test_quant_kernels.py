@@ -159,6 +159,57 @@ def test_thread_counts_give_identical_results(qtype, n, restore_threads):
     torch.testing.assert_close(results[2], results[0], rtol=0, atol=0)
 
 
+def _native_gguf_layout(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) through the native kernel for the GGUF blocks themselves, not native_weight()."""
+    y = torch.empty(x.shape[0], layer.out_features)
+    kq._native.mul_mat(layer._qtype_id, layer.qweight.data_ptr(), x.data_ptr(), y.data_ptr(), x.shape[0],
+                       layer.out_features, layer.in_features)
+    return y
+
+
+@needs_native
+@pytest.mark.parametrize("k", [32, 96, 224, 256, 800, 896, 928])  # 1 to 29 blocks: odd tails, short groups
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_q5_0_native_copy_is_bit_identical(k, T, restore_threads):
+    """QuantLinear.native_weight's Q5_0 copy (Q5_0_PAIRS on AVX2) gives the GGUF kernel's results bit for bit."""
+    kq.set_num_threads(2)
+    n = 37
+    layer = QuantLinear.from_raw(random_blocks(Q.Q5_0, n, k, seed=k + T), Q.Q5_0, n, k)
+    x = torch.randn(T, k, generator=torch.Generator().manual_seed(k))
+    torch.testing.assert_close(layer(x), _native_gguf_layout(layer, x), rtol=0, atol=0)
+    simd = kq._native.isa()
+    try:  # the portable kernels have no kernel for the copy's layout and unpack it
+        kq._native.set_isa("scalar")
+        torch.testing.assert_close(layer(x), _native_gguf_layout(layer, x), rtol=0, atol=0)
+    finally:
+        kq._native.set_isa(simd)
+
+
+@needs_native
+def test_q5_0_native_copy_follows_qweight():
+    n, k = 16, 256
+    raw = random_blocks(Q.Q5_0, n, k, seed=1)
+    layer = QuantLinear.from_raw(torch.from_numpy(raw.copy()), Q.Q5_0, n, k)
+    x = torch.randn(1, k)
+    layer(x)
+    wtype, ptr = layer.native_weight()
+    assert set(layer.state_dict()) == {"qweight"}
+    torch.testing.assert_close(layer.dequantize(), torch.from_numpy(gguf_dequantize(raw, Q.Q5_0)), rtol=0, atol=0)
+    other = random_blocks(Q.Q5_0, n, k, seed=2)
+    layer.load_state_dict({"qweight": torch.from_numpy(other)})  # written in place
+    expected = QuantLinear.from_raw(other, Q.Q5_0, n, k)(x)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    assert layer.native_weight() == (wtype, ptr)  # rebuilt where a decode plan may point
+
+
+@needs_native
+def test_native_rejects_packed_layout_for_dequantize():
+    if kq._native.packed_type(int(Q.Q5_0)) == int(Q.Q5_0):
+        pytest.skip("these kernels read Q5_0 as is")
+    with pytest.raises(ValueError, match="Q5_0_PAIRS"):
+        kq._native.dequantize(kq._native.packed_type(int(Q.Q5_0)), 0, 0, 1, 32)
+
+
 @needs_native
 def test_pool_wakes_sleeping_workers(restore_threads):
     """Workers sleep after ~100 us idle; the next call must wake them, not hang or skip work."""

@@ -31,7 +31,13 @@ class _Unsupported(Exception):
 
 def _linear_fields(linear: QuantLinear) -> tuple[int, ...]:
     bias = linear.bias.data_ptr() if linear.bias is not None else 0
-    return linear._qtype_id, linear.qweight.data_ptr(), bias, linear.out_features, linear.in_features
+    wtype, wptr = linear.native_weight()
+    return wtype, wptr, bias, linear.out_features, linear.in_features
+
+
+def _linears(layer: nn.Module) -> list:
+    attn, mlp = layer.self_attn, layer.mlp
+    return [getattr(attn, name, None) for name in _PROJECTIONS[:4]] + [getattr(mlp, n) for n in _PROJECTIONS[4:]]
 
 
 def _fp32_ptr(t: torch.Tensor | None) -> int:
@@ -51,6 +57,12 @@ class NativeDecoder:
         attention = inner.layers[0].self_attn.attn
         dims = (args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim,
                 args.intermediate_size, attention.k_cache.shape[1])
+        # Weights the plan reads through a native-only copy (QuantLinear.native_weight). A step
+        # after an in-place write to one of them (its version counter moves) rebuilds the copies,
+        # at the same addresses, so the plan sees the write as it would on the GGUF bytes.
+        self._copied = [lin for layer in inner.layers for lin in _linears(layer) if lin._qtype_id == quant._Q5_0]
+        self._copied_weights = [lin.qweight for lin in self._copied]
+        self._copied_version = sum(w._version for w in self._copied_weights)
         self._plan = quant._native.make_decode_plan(dims, inner.norm.eps, attention.scale,
                                                     _fp32_ptr(inner.norm.weight), layer_fields)
 
@@ -70,7 +82,7 @@ class NativeDecoder:
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         if type(mlp) is not SwiGLU or attn is None or mlp.gate_up_packed is not None or attn.qkv_packed is not None:
             raise _Unsupported
-        linears = [getattr(attn, name, None) for name in _PROJECTIONS[:4]] + [getattr(mlp, n) for n in _PROJECTIONS[4:]]
+        linears = _linears(layer)
         if not all(type(lin) is QuantLinear and lin.qweight.device.type == "cpu" for lin in linears):
             raise _Unsupported
         q_norm, k_norm = attn.qk_norms()
@@ -85,6 +97,11 @@ class NativeDecoder:
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """Final hidden states [T, D] of T sequences with one new token each (ctx.decode_only)."""
         inner = self.model.model
+        version = sum(w._version for w in self._copied_weights)
+        if version != self._copied_version:
+            for lin in self._copied:
+                lin.native_weight()
+            self._copied_version = version
         x = inner.embed_tokens(input_ids).float().contiguous()
         cos, sin = (t.contiguous() for t in inner.rotary_emb(positions, torch.float32))
         slots, tables, lens = (t.to(torch.int64).contiguous() for t in (ctx.slot_mapping, ctx.block_tables,
