@@ -16,7 +16,7 @@ from schemathesis import GenerationMode  # noqa: E402
 
 from test_server_support import MODEL_NAME, server  # noqa: E402,F401
 
-EXAMPLES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20}
+EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
 
 
 def _cap(body) -> None:
