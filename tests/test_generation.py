@@ -186,3 +186,17 @@ def test_stop_string_on_the_last_allowed_token_reports_stop(models):
     out = llm.generate([PROMPT], greedy(8, stop=[stop]))[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == stop
     assert out.text == full[: len(full) - len(stop)]
+
+
+def test_extreme_sampling_values_fall_back_to_the_top_token():
+    """A top_p that rounds to 0 in fp32 and a temperature too small to divide by (found by the
+    schemathesis fuzzing) pick the argmax instead of failing on NaN probabilities."""
+    import torch
+
+    from openqwen.engine.sampler import SampleRequest, sample, sample_on_device
+
+    logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+    params = [SamplingParams(top_p=5e-324), SamplingParams(temperature=5e-324), SamplingParams(temperature=0.7, top_p=1e-320)]
+    for draw in (sample, sample_on_device):
+        tokens, _ = draw(logits.clone(), [SampleRequest(p, [1], [2], None) for p in params])
+        assert tokens == logits.argmax(-1).tolist()

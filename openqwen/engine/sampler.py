@@ -88,6 +88,7 @@ def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_
     # top-p: keep the smallest prefix whose mass reaches p (the token that crosses p is kept)
     drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
     drop |= probs < min_p[:, None] * probs[:, :1]
+    drop[:, 0] = False  # the most likely token always survives (a top_p that rounds to 0 in fp32)
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits)
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 LogitsProcessor = Callable[[list[int], "torch.Tensor"], "torch.Tensor"]
 
 
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -56,7 +59,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperature 0, or one so small (< 1e-5, as vLLM) that dividing the logits by it would
+        overflow: the argmax either way."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def has_penalties(self) -> bool:
