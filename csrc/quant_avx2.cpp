@@ -121,6 +121,23 @@ OQ_AVX2 inline void prefetch_ahead(const uint8_t* p, int bytes) {
     }
 }
 
+// Weight bytes q of block b + i (B's quants) against activation rows t0 .. t0 + TT; scale[u][i] is
+// the product of the two block scales.
+template <class B, int TT>
+OQ_AVX2_INLINE void dot_block(__m256i q, int i, const QAct& x, int64_t t0, int64_t b,
+                              const float (*scale)[8], __m256 (*acc)[TT]) {
+    // maddubs wants unsigned x signed bytes: move Q8_0's sign onto the activations.
+    const __m256i qa = B::kSigned ? _mm256_sign_epi8(q, q) : q;
+    for (int u = 0; u < TT; ++u) {
+        const int8_t* xq = x.q + (t0 + u) * x.K + (b + i) * kQK;
+        __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+        if (B::kSigned) xv = _mm256_sign_epi8(xv, q);
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, xv), _mm256_set1_epi16(1));
+        __m256& s = acc[i % kChains<TT>][u];
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[u][i]), s);
+    }
+}
+
 // Blocks b .. b + count (count <= 8) of one weight row against activation rows t0 .. t0 + TT.
 // Scales are handled 8 blocks at a time in vectors; each block then costs one broadcast load.
 // The block loop always unrolls to 8 so that accumulator indices are constants (a runtime index
@@ -128,7 +145,6 @@ OQ_AVX2 inline void prefetch_ahead(const uint8_t* p, int bytes) {
 template <class B, int TT>
 OQ_AVX2_INLINE void group_32(const uint8_t* row, const QAct& x, int64_t t0, int64_t b, int count,
                              __m256 (*acc)[TT], __m256* corr) {
-    constexpr int kC = kChains<TT>;
     const int64_t nb = x.K / kQK;
     const uint8_t* blk = row + b * B::kBytes;
     prefetch_ahead(blk, 8 * B::kBytes);
@@ -146,22 +162,13 @@ OQ_AVX2_INLINE void group_32(const uint8_t* row, const QAct& x, int64_t t0, int6
     }
     for (int i = 0; i < 8; ++i) {
         if (i == count) break;
-        const __m256i q = B::quants(blk + i * B::kBytes);
-        // maddubs wants unsigned x signed bytes: move Q8_0's sign onto the activations.
-        const __m256i qa = B::kSigned ? _mm256_sign_epi8(q, q) : q;
-        for (int u = 0; u < TT; ++u) {
-            const int8_t* xq = x.q + (t0 + u) * x.K + (b + i) * kQK;
-            __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-            if (B::kSigned) xv = _mm256_sign_epi8(xv, q);
-            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, xv), _mm256_set1_epi16(1));
-            __m256& s = acc[i % kC][u];
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[u][i]), s);
-        }
+        dot_block<B, TT>(B::quants(blk + i * B::kBytes), i, x, t0, b, scale, acc);
     }
 }
 
-// One weight row against activation rows t0 .. t0 + TT; results go to y[u * ldy].
-template <class B, int TT>
+// One weight row against activation rows t0 .. t0 + TT; results go to y[u * ldy]. Group runs 8
+// blocks at a time: group_32, or group_q5_0_pairs for the re-laid Q5_0 (B = BlockQ5_0).
+template <class B, int TT, auto Group = group_32<B, TT>>
 OQ_AVX2_INLINE void row_32(const uint8_t* row, const QAct& x, int64_t t0, float* y, int64_t ldy) {
     constexpr int kC = kChains<TT>;
     const int64_t nb = x.K / kQK;
@@ -172,26 +179,12 @@ OQ_AVX2_INLINE void row_32(const uint8_t* row, const QAct& x, int64_t t0, float*
         corr[u] = _mm256_setzero_ps();
     }
     int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) group_32<B, TT>(row, x, t0, b, 8, acc, corr);
-    if (b < nb) group_32<B, TT>(row, x, t0, b, static_cast<int>(nb - b), acc, corr);
+    for (; b + 8 <= nb; b += 8) Group(row, x, t0, b, 8, acc, corr);
+    if (b < nb) Group(row, x, t0, b, static_cast<int>(nb - b), acc, corr);
     for (int u = 0; u < TT; ++u) {
         for (int c = 1; c < kC; ++c) acc[0][u] = _mm256_add_ps(acc[0][u], acc[c][u]);
         const float c = B::kMin ? hsum(corr[u]) : B::kZero * hsum(corr[u]);
         y[u * ldy] = hsum(acc[0][u]) + c;
-    }
-}
-
-// Unsigned weight bytes q of block b + i against activation rows t0 .. t0 + TT (scale[u][i] is the
-// product of the two block scales): the same operations as group_32 for one block.
-template <int TT>
-OQ_AVX2_INLINE void dot_block(__m256i q, int i, const QAct& x, int64_t t0, int64_t b,
-                              const float (*scale)[8], __m256 (*acc)[TT]) {
-    for (int u = 0; u < TT; ++u) {
-        const int8_t* xq = x.q + (t0 + u) * x.K + (b + i) * kQK;
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), _mm256_set1_epi16(1));
-        __m256& s = acc[i % kChains<TT>][u];
-        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[u][i]), s);
     }
 }
 
@@ -200,9 +193,10 @@ OQ_AVX2_INLINE void dot_block(__m256i q, int i, const QAct& x, int64_t t0, int64
 // (row_32<BlockQ5_0> spends two and five per block). Blocks, chains and the order of every
 // operation on the accumulators are those of row_32<BlockQ5_0>, so results are bit-identical.
 template <int TT>
-OQ_AVX2_INLINE void group_q5_0_pairs(const uint8_t* grp, const QAct& x, int64_t t0, int64_t b, int count,
+OQ_AVX2_INLINE void group_q5_0_pairs(const uint8_t* row, const QAct& x, int64_t t0, int64_t b, int count,
                                      __m256 (*acc)[TT], __m256* corr) {
     const int64_t nb = x.K / kQK;
+    const uint8_t* grp = row + b * BlockQ5_0::kBytes;
     prefetch_ahead(grp, 8 * BlockQ5_0::kBytes);
     // The 8 scales, and for a shorter group zeros after its count (the 16 bytes are the group's own)
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -231,32 +225,12 @@ OQ_AVX2_INLINE void group_q5_0_pairs(const uint8_t* grp, const QAct& x, int64_t 
         const __m256i h = _mm256_set1_epi64x(static_cast<int64_t>(load_u64(fifth + 4 * i)));
         const __m256i f0 = _mm256_shuffle_epi8(bit4, _mm256_and_si256(h, sel0));
         const __m256i f1 = _mm256_min_epu8(_mm256_and_si256(h, sel1), _mm256_set1_epi8(0x10));
-        dot_block<TT>(_mm256_or_si256(_mm256_and_si256(v, m4), f0), i, x, t0, b, scale, acc);
-        dot_block<TT>(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), f1), i + 1, x, t0, b,
+        dot_block<BlockQ5_0, TT>(_mm256_or_si256(_mm256_and_si256(v, m4), f0), i, x, t0, b, scale, acc);
+        dot_block<BlockQ5_0, TT>(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), f1), i + 1, x, t0, b,
                       scale, acc);
     }
     if (count % 2 != 0) {  // the group's last block, stored as a GGUF block without its scale
-        dot_block<TT>(BlockQ5_0::quants(nib + 16 * (count - 1) - 2), count - 1, x, t0, b, scale, acc);
-    }
-}
-
-template <int TT>
-OQ_AVX2_INLINE void row_q5_0_pairs(const uint8_t* row, const QAct& x, int64_t t0, float* y, int64_t ldy) {
-    constexpr int kC = kChains<TT>;
-    constexpr int kB = BlockQ5_0::kBytes;
-    const int64_t nb = x.K / kQK;
-    __m256 acc[kC][TT];
-    __m256 corr[TT];
-    for (int u = 0; u < TT; ++u) {
-        for (int c = 0; c < kC; ++c) acc[c][u] = _mm256_setzero_ps();
-        corr[u] = _mm256_setzero_ps();
-    }
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) group_q5_0_pairs<TT>(row + b * kB, x, t0, b, 8, acc, corr);
-    if (b < nb) group_q5_0_pairs<TT>(row + b * kB, x, t0, b, static_cast<int>(nb - b), acc, corr);
-    for (int u = 0; u < TT; ++u) {
-        for (int c = 1; c < kC; ++c) acc[0][u] = _mm256_add_ps(acc[0][u], acc[c][u]);
-        y[u * ldy] = hsum(acc[0][u]) + BlockQ5_0::kZero * hsum(corr[u]);
+        dot_block<BlockQ5_0, TT>(BlockQ5_0::quants(nib + 16 * (count - 1) - 2), count - 1, x, t0, b, scale, acc);
     }
 }
 
@@ -418,8 +392,9 @@ OQ_AVX2 void tile(const uint8_t* w, size_t row_bytes, const QAct& x, int64_t t0,
 template <class B>
 constexpr RowsFn rows_32 =
     rows_tiled<tile<row_32<B, 4>>, tile<row_32<B, 3>>, tile<row_32<B, 2>>, tile<row_32<B, 1>>>;
-constexpr RowsFn rows_q5_0_pairs = rows_tiled<tile<row_q5_0_pairs<4>>, tile<row_q5_0_pairs<3>>,
-                                              tile<row_q5_0_pairs<2>>, tile<row_q5_0_pairs<1>>>;
+constexpr RowsFn rows_q5_0_pairs =
+    rows_tiled<tile<row_32<BlockQ5_0, 4, group_q5_0_pairs<4>>>, tile<row_32<BlockQ5_0, 3, group_q5_0_pairs<3>>>,
+               tile<row_32<BlockQ5_0, 2, group_q5_0_pairs<2>>>, tile<row_32<BlockQ5_0, 1, group_q5_0_pairs<1>>>>;
 template <bool kFifthBit>
 constexpr RowsFn rows_q45_k = rows_tiled<tile<row_q45_k<kFifthBit, 4>>, tile<row_q45_k<kFifthBit, 3>>,
                                          tile<row_q45_k<kFifthBit, 2>>, tile<row_q45_k<kFifthBit, 1>>>;
