@@ -13,6 +13,7 @@ SOURCES = [
     "csrc/quant_module.cpp",
     "csrc/matmul.cpp",
     "csrc/decode.cpp",
+    "csrc/proxy_head.cpp",
     "csrc/vec_ops.cpp",
     "csrc/quant_scalar.cpp",
     "csrc/quant_avx2.cpp",
@@ -35,7 +36,7 @@ setup(
         Extension(
             "openqwen._quant_native",
             sources=SOURCES,
-            depends=["csrc/quant_common.h", "csrc/thread_pool.h", "csrc/matmul.h", "csrc/decode.h", "csrc/vec_ops.h", "csrc/avx2_common.h"],
+            depends=["csrc/quant_common.h", "csrc/thread_pool.h", "csrc/matmul.h", "csrc/decode.h", "csrc/proxy_head.h", "csrc/py_args.h", "csrc/vec_ops.h", "csrc/avx2_common.h"],
             language="c++",
             extra_compile_args=COMPILE_ARGS,
             extra_link_args=LINK_ARGS,

@@ -108,30 +108,26 @@ void attend(void* ctx, int64_t begin, int64_t end) {
     const VecOps& ops = vec_ops();
     const int64_t d = p.d, group = p.H / p.Hkv, row_stride = p.Hkv * d;
     thread_local std::vector<float> scores;
+    thread_local std::vector<const float*> keys, values;
     for (int64_t task = begin; task < end; ++task) {
         const int64_t t = task / p.Hkv, kvh = task % p.Hkv, len = job->lens[t];
         const int64_t* table = job->tables + t * job->table_width;
+        keys.resize(len), values.resize(len);
+        for (int64_t pos = 0; pos < len; ++pos) {  // this KV head's rows, through the block table
+            const int64_t row = (table[pos / p.block_size] * p.block_size + pos % p.block_size) * row_stride + kvh * d;
+            keys[pos] = job->layer->k_cache + row, values[pos] = job->layer->v_cache + row;
+        }
         const float* q = p.q.data() + (t * p.H + kvh * group) * d;
         float* out = p.attn.data() + (t * p.H + kvh * group) * d;
         scores.resize(static_cast<size_t>(group * len));
-        // Offset of this KV head's row for position pos, through the block table.
-        auto row = [&](int64_t pos) {
-            return (table[pos / p.block_size] * p.block_size + pos % p.block_size) * row_stride + kvh * d;
-        };
-        for (int64_t pos = 0; pos < len; ++pos) {
-            const float* key = job->layer->k_cache + row(pos);
-            for (int64_t g = 0; g < group; ++g) scores[g * len + pos] = ops.dot(q + g * d, key, d) * p.scale;
-        }
-        std::memset(out, 0, sizeof(float) * group * d);
+        ops.row_scores(q, group, keys.data(), len, d, p.scale, scores.data(), len);
         for (int64_t g = 0; g < group; ++g) {
             float* s = scores.data() + g * len;
             const float inv = 1.0f / ops.exp_shifted(s, len, *std::max_element(s, s + len));
             for (int64_t pos = 0; pos < len; ++pos) s[pos] *= inv;
         }
-        for (int64_t pos = 0; pos < len; ++pos) {
-            const float* value = job->layer->v_cache + row(pos);
-            for (int64_t g = 0; g < group; ++g) ops.axpy(out + g * d, scores[g * len + pos], value, d);
-        }
+        std::memset(out, 0, sizeof(float) * group * d);
+        ops.weighted_rows(out, group, values.data(), len, d, scores.data(), len);
     }
 }
 

@@ -18,6 +18,8 @@
 
 #include "decode.h"
 #include "matmul.h"
+#include "proxy_head.h"
+#include "py_args.h"
 
 namespace oq {
 namespace {
@@ -35,34 +37,6 @@ void run_dequant_rows(void* ctx, int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
         dequantize_row(job->type_idx, job->w + n * job->row_bytes, job->K, job->out + n * job->K);
     }
-}
-
-bool parse_int64s(PyObject* const* args, Py_ssize_t nargs, Py_ssize_t expected, int64_t* out,
-                  const char* name) {
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected, nargs);
-        return false;
-    }
-    for (Py_ssize_t i = 0; i < nargs; ++i) {
-        out[i] = PyLong_AsLongLong(args[i]);
-        if (out[i] == -1 && PyErr_Occurred()) return false;
-    }
-    return true;
-}
-
-// Validates a (type, K) pair; returns the type index or -1 with a Python error set.
-int check_type(int64_t type, int64_t K) {
-    const int idx = type_index(static_cast<int>(type));
-    if (idx < 0) {
-        PyErr_Format(PyExc_ValueError, "unsupported GGML type %lld", static_cast<long long>(type));
-        return -1;
-    }
-    if (K <= 0 || K % kTypes[idx].block_elems != 0) {
-        PyErr_Format(PyExc_ValueError, "K=%lld is not a positive multiple of the block size %d",
-                     static_cast<long long>(K), kTypes[idx].block_elems);
-        return -1;
-    }
-    return idx;
 }
 
 // mul_mat(type, w_ptr, x_ptr, y_ptr, T, N, K): y[T, N] = x[T, K] @ W[N, K]^T, x and y fp32.
@@ -215,6 +189,10 @@ PyMethodDef kMethods[] = {
      "make_decode_plan(dims, eps, scale, final_norm_ptr, layers) -> plan of the native decode step"},
     {"decode_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_decode_step)), METH_FASTCALL,
      "decode_step(plan, x, out, T, cos, sin, slots, tables, table_width, lens): all layers of a decode step"},
+    {"proxy_stats", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_proxy_stats)), METH_FASTCALL,
+     "proxy_stats(exact_type, exact_ptr, coarse_type, coarse_ptr, out_ptr, N, K): per-row statistics [N, 5]"},
+    {"proxy_logits", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_proxy_logits)), METH_FASTCALL,
+     "proxy_logits(...) -> candidates: top-k logits through the coarse copy (see proxy_head.cpp)"},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -1,5 +1,6 @@
 #include "vec_ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace oq {
@@ -11,8 +12,20 @@ float dot_portable(const float* a, const float* b, int64_t n) {
     return s;
 }
 
-void axpy_portable(float* y, float a, const float* x, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+void row_scores_portable(const float* q, int64_t group, const float* const* rows, int64_t n, int64_t d, float scale,
+                         float* s, int64_t ld) {
+    for (int64_t g = 0; g < group; ++g) {
+        for (int64_t j = 0; j < n; ++j) s[g * ld + j] = scale * dot_portable(q + g * d, rows[j], d);
+    }
+}
+
+void weighted_rows_portable(float* out, int64_t group, const float* const* rows, int64_t n, int64_t d, const float* p,
+                            int64_t ld) {
+    for (int64_t g = 0; g < group; ++g) {
+        for (int64_t j = 0; j < n; ++j) {
+            for (int64_t i = 0; i < d; ++i) out[g * d + i] += p[g * ld + j] * rows[j][i];
+        }
+    }
 }
 
 float exp_shifted_portable(float* x, int64_t n, float shift) {
@@ -25,7 +38,7 @@ void silu_mul_portable(float* gate, const float* up, int64_t n) {
     for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-constexpr VecOps kPortable{dot_portable, axpy_portable, exp_shifted_portable,
+constexpr VecOps kPortable{dot_portable, row_scores_portable, weighted_rows_portable, exp_shifted_portable,
                            silu_mul_portable};
 
 }  // namespace
@@ -69,13 +82,53 @@ OQ_AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
     return s;
 }
 
-OQ_AVX2 void axpy_avx2(float* y, float a, const float* x, int64_t n) {
-    const __m256 av = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+// r[i] = sum of the 8 lanes of a[i].
+OQ_AVX2 inline __m256 sum_of_8(const __m256* a) {
+    const __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+// Eight rows at a time: each query vector is loaded once for the eight, and their eight sums
+// are reduced together (a horizontal sum per score cost as much as its multiplications).
+OQ_AVX2 void row_scores_avx2(const float* q, int64_t group, const float* const* rows, int64_t n, int64_t d,
+                             float scale, float* s, int64_t ld) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (int64_t g = 0; g < group; ++g) {
+        const float* qg = q + g * d;
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256 acc[8];
+            for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
+            for (int64_t c = 0; c < d; c += 8) {
+                const __m256 qv = _mm256_loadu_ps(qg + c);
+                for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[j + r] + c), acc[r]);
+            }
+            _mm256_storeu_ps(s + g * ld + j, _mm256_mul_ps(sum_of_8(acc), sv));
+        }
+        for (; j < n; ++j) s[g * ld + j] = scale * dot_avx2(qg, rows[j], d);
     }
-    for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// Up to 64 outputs of a head at a time in registers, over every row.
+OQ_AVX2 void weighted_rows_avx2(float* out, int64_t group, const float* const* rows, int64_t n, int64_t d,
+                                const float* p, int64_t ld) {
+    for (int64_t g = 0; g < group; ++g) {
+        for (int64_t c0 = 0; c0 < d; c0 += 64) {
+            const int vectors = static_cast<int>(std::min<int64_t>(64, d - c0) / 8);
+            float* o = out + g * d + c0;
+            __m256 acc[8];
+            for (int v = 0; v < 8; ++v) acc[v] = v < vectors ? _mm256_loadu_ps(o + 8 * v) : _mm256_setzero_ps();
+            for (int64_t j = 0; j < n; ++j) {
+                const __m256 pv = _mm256_broadcast_ss(p + g * ld + j);
+                const float* row = rows[j] + c0;
+                for (int v = 0; v < 8; ++v) {
+                    if (v < vectors) acc[v] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 8 * v), acc[v]);
+                }
+            }
+            for (int v = 0; v < vectors; ++v) _mm256_storeu_ps(o + 8 * v, acc[v]);
+        }
+    }
 }
 
 OQ_AVX2 float exp_shifted_avx2(float* x, int64_t n, float shift) {
@@ -103,7 +156,7 @@ OQ_AVX2 void silu_mul_avx2(float* gate, const float* up, int64_t n) {
     for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-constexpr VecOps kAvx2{dot_avx2, axpy_avx2, exp_shifted_avx2, silu_mul_avx2};
+constexpr VecOps kAvx2{dot_avx2, row_scores_avx2, weighted_rows_avx2, exp_shifted_avx2, silu_mul_avx2};
 
 }  // namespace
 

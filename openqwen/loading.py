@@ -115,7 +115,8 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
 
     max_len = min(max_model_len or args.max_position_embeddings, args.max_position_embeddings)
     num_blocks = _num_kv_blocks(net, dev, torch_dtype, block_size, max_len, kv_cache_gb, gpu_memory_utilization)
-    runner = ModelRunner(net, dev, torch_dtype, block_size, num_blocks, use_cuda_graphs=False if enforce_eager else None)
+    runner = ModelRunner(net, dev, torch_dtype, block_size, num_blocks, use_cuda_graphs=False if enforce_eager else None,
+                         release_pages=checkpoint.release_pages if isinstance(checkpoint, GGUFFile) else None)
     engine = LLMEngine(runner, tokenizer, eos_ids, max_len, max_num_seqs, max(max_num_batched_tokens, block_size),
                        enable_prefix_caching)
     sampling = {k: generation[k] for k in _SAMPLING_KEYS if k in generation}

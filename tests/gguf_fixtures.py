@@ -150,10 +150,13 @@ def tiny_tensors(cfg: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def write_tiny_gguf(path: str | Path, arch: str = "qwen2", qtype: Q = Q.Q8_0, *, tie: bool = False,
                     yarn: bool = False, seed: int = 0, drop: frozenset[str] = frozenset(),
-                    counts: dict[str, int] | None = None, extra: dict[str, np.ndarray] | None = None) -> TinyGGUF:
+                    counts: dict[str, int] | None = None, extra: dict[str, np.ndarray] | None = None,
+                    embed_qtype: Q | None = None) -> TinyGGUF:
     """Write a tiny random `arch` model. Matrices use `qtype` where their rows fit its blocks (else
     F16), norms and biases F32. `drop` omits GGUF tensors, `extra` adds float32 ones, and `counts`
-    overrides `{arch}.*` integers."""
+    overrides `{arch}.*` integers. `embed_qtype` (untied models): the token embedding in that type
+    and the output head a `qtype` copy of the same matrix, as llama.cpp stores tied Qwen2.5 models
+    quantized with a finer output head (the default model: Q5_0 and Q8_0)."""
     path, rng, cfg = Path(path), np.random.default_rng(seed), tiny_config(arch, tie, yarn)
     writer = gguf.GGUFWriter(path, arch)
     writer.add_name(f"tiny {arch}")
@@ -191,6 +194,10 @@ def write_tiny_gguf(path: str | Path, arch: str = "qwen2", qtype: Q = Q.Q8_0, *,
         data = (rng.uniform(0.5, 1.5, shape) if norm else rng.normal(0.0, 0.02, shape)).astype(np.float32)
         # llama.cpp quantizes matrices only; the shared-expert gate is a vector in GGUF
         kind = qtype if len(shape) > 1 and "shared_expert_gate" not in name else Q.F32
+        if embed_qtype is not None and name == "model.embed_tokens.weight":
+            kind = embed_qtype
+        if embed_qtype is not None and name == "lm_head.weight":
+            data = originals["model.embed_tokens.weight"]
         if shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
             kind = Q.F16
         raw, weights[name], originals[name] = encode(data, kind, rng)

@@ -62,6 +62,15 @@ def test_step_sees_in_place_weight_writes(tmp_path):
     check_step(runner)
 
 
+def test_step_with_128_wide_heads(tmp_path):
+    """Qwen3's head_dim of 128: the attention kernel keeps 64 outputs of a head in registers at a
+    time, so these take two passes (the tiny GGUF models' heads are 16 and 32 wide)."""
+    path = tmp_path / "wide"
+    make_hf_model("qwen3", path, head_dim=128)
+    llm = LLM(str(path), device="cpu", block_size=BLOCK, kv_cache_gb=0.01, max_model_len=64, quantize="q8_0")
+    check_step(llm.engine.runner)
+
+
 def check_step(runner) -> None:
     assert runner.native_decoder is not None
     gen = torch.Generator().manual_seed(0)

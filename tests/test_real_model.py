@@ -68,12 +68,21 @@ def test_chat_template_from_gguf_is_qwen25(ours):
 
 
 def test_native_decode_step_matches_the_model_code(gguf_path):
-    """Weights kept quantized (the default): the native decode step and the PyTorch modules, over
-    the same quantized kernels, give the same greedy reply."""
+    """Weights kept quantized (the default): the native decode step and the PyTorch modules run the
+    same quantized kernels. Both round activations to int8, so the float operations around the
+    kernels, done in a different order, can flip a rounding and move a logit by a few hundredths:
+    the greedy replies must agree until the first step whose top two tokens are that close."""
     llm = LLM(str(gguf_path), device="cpu", max_model_len=1024)
     assert llm.engine.runner.native_decoder is not None
-    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    native = llm.chat(MESSAGES, params)[0].outputs[0].token_ids
+    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=2)
+    native = llm.chat(MESSAGES, params)[0].outputs[0]
     llm.engine.runner.native_decoder = None
-    assert llm.chat(MESSAGES, params)[0].outputs[0].token_ids == native
-    assert "def " in llm.tokenizer.decode(native)
+    model = llm.chat(MESSAGES, params)[0].outputs[0]
+    pairs = list(zip(native.token_ids, model.token_ids))
+    agree = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+    for i in range(agree):
+        assert abs(native.logprobs[i].logprob - model.logprobs[i].logprob) < 0.05
+    if agree < len(pairs):
+        (first, lp1), (second, lp2) = model.logprobs[agree].top
+        assert lp1 - lp2 < 0.1 and {first, second} == set(pairs[agree])  # a near tie, decided either way
+    assert "def " in llm.tokenizer.decode(native.token_ids)

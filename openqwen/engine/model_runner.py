@@ -12,21 +12,25 @@ overlapped decode): its input tokens may still be in flight, read on the device 
 launched step's samples, and its own tokens come back through a `PendingStep`.
 
 On the CPU, decode-only steps of dense models with quantized weights run all their layers in one
-native call (`kernels.native_decode`); other steps run the model's PyTorch modules.
+native call (`kernels.native_decode`); other steps run the model's PyTorch modules. Steps that need
+only the top-k logits (greedy, top-k sampling) read the output head through `kernels.proxy_head`
+where the checkpoint holds a coarse copy of it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..kernels.native_decode import NativeDecoder
-from ..kernels.quant import DENSE_MIN_ROWS
+from ..kernels.proxy_head import ProxyHead
+from ..kernels.quant import DENSE_MIN_ROWS, release_packed_sources
 from ..layers.attention import Attention, AttentionContext, fast_path
-from .sampler import SampleRequest, TokenLogprobs, choose_on_device, sample
+from .sampler import SampleRequest, TokenLogprobs, choose_on_device, moved_tokens, sample
 from .scheduler import ScheduledSeq
 from .sequence import PENDING_TOKEN
 
@@ -60,9 +64,11 @@ def _graph_safe(model: nn.Module) -> bool:
 
 class ModelRunner:
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, block_size: int, num_blocks: int,
-                 *, use_cuda_graphs: bool | None = None, max_graph_batch: int = 512) -> None:
+                 *, use_cuda_graphs: bool | None = None, max_graph_batch: int = 512,
+                 release_pages: Callable[[torch.Tensor], None] | None = None) -> None:
         """`use_cuda_graphs`: None means on for CUDA unless OPENQWEN_ENFORCE_EAGER=1. It can also be
-        switched later through the attribute of the same name."""
+        switched later through the attribute of the same name. `release_pages(t)` drops the resident
+        pages of a memory-mapped weight (see ProxyHead.build)."""
         self.model, self.device, self.dtype = model, device, dtype
         self.block_size, self.num_blocks = block_size, num_blocks
         args = model.args
@@ -107,6 +113,9 @@ class ModelRunner:
                                     and any(isinstance(m, QuantLinear) for m in model.modules()))
         # Decode-only steps of dense quantized models run all layers in one native call.
         self.native_decoder = NativeDecoder.build(model) if device.type == "cpu" else None
+        if release_pages is not None:
+            release_packed_sources(model, release_pages)
+        self.proxy_head = ProxyHead.build(model, release_pages) if device.type == "cpu" else None
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tensor(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -227,6 +236,8 @@ class ModelRunner:
         if not batch:
             return {}
         rows = [i for i, item in enumerate(batch) if item.needs_sample]
+        sampled = [batch[i].seq for i in rows]
+        requests = [self._sample_request(seq) for seq in sampled]
         if self.graphs is not None and self._use_graph(batch):
             logits = self._replay_decode(batch)
             if not rows:
@@ -245,10 +256,16 @@ class ModelRunner:
             for item in batch:
                 offsets += item.num_new_tokens
                 last_rows.append(offsets - 1)
-            logits = self.model.compute_logits(hidden[self._tensor([last_rows[i] for i in rows])])
-        sampled = [batch[i].seq for i in rows]
-        tokens, logprobs = sample(logits, [self._sample_request(seq) for seq in sampled])
+            logits = self._logits(hidden[self._tensor([last_rows[i] for i in rows])], requests)
+        tokens, logprobs = sample(logits, requests)
         return {seq.seq_id: (tok, lp) for seq, tok, lp in zip(sampled, tokens, logprobs)}
+
+    def _logits(self, hidden: torch.Tensor, requests: list[SampleRequest]) -> torch.Tensor:
+        """The rows' logits; through the proxy head when the sampler needs only the top k."""
+        k = ProxyHead.top_k([r.params for r in requests]) if self.proxy_head is not None else None
+        if k is None:
+            return self.model.compute_logits(hidden)
+        return self.proxy_head(hidden, k, moved_tokens(requests))
 
     @torch.inference_mode()
     def score(self, token_ids: list[int]) -> torch.Tensor:

@@ -69,6 +69,21 @@ def apply_penalties(logits: torch.Tensor, requests: list[SampleRequest]) -> None
             line[ids] -= p.presence_penalty + p.frequency_penalty * counts.to(line.dtype)
 
 
+def moved_tokens(requests: list[SampleRequest]) -> list[int]:
+    """Token ids whose logits apply_logits_processors' bans or apply_penalties may move, in any row
+    (a head that computes only the top candidates must compute these too)."""
+    ids: set[int] = set()
+    for req in requests:
+        p = req.params
+        if p.repetition_penalty != 1.0:
+            ids.update(req.prompt_token_ids, req.output_token_ids)
+        elif p.presence_penalty or p.frequency_penalty:
+            ids.update(req.output_token_ids)
+        if len(req.output_token_ids) < p.min_tokens:
+            ids.update(req.eos_token_ids, p.stop_token_ids)
+    return sorted(ids)
+
+
 def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
             candidates: int | None = None) -> torch.Tensor:
     """Mask tokens outside top-k / top-p / min-p with -inf; per-row parameters [B].

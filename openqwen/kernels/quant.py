@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -203,6 +204,11 @@ class QuantLinear(torch.nn.Module):
             packed = self._repack(qweight, packed)
         return packed[2], (packed[3] if packed[3] is not None else qweight).data_ptr()
 
+    def has_packed_copy(self) -> bool:
+        """Whether the native kernels already read this weight from its own copy (native_weight)."""
+        packed = self.__dict__.get("_packed")
+        return packed is not None and packed[3] is not None
+
     def _repack(self, qweight: torch.Tensor, old: tuple | None) -> tuple:
         # The first decision sticks, and a rebuild writes into the same copy: a decode plan may
         # hold the type and the address.
@@ -237,14 +243,29 @@ class QuantLinear(torch.nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The weight as fp32 [out_features, in_features], bit-identical to gguf's dequantizer."""
-        if _native is not None and self.qweight.device.type == "cpu":
-            w = torch.empty(self.out_features, self.in_features)
-            _native.dequantize(self._qtype_id, self.qweight.data_ptr(), w.data_ptr(), *w.shape)
-            return w
-        return self._dequantize_torch(0, self.out_features)
+        return dequantize_rows(self.qweight, self.qtype, self.in_features)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"qtype={self.qtype.name}, bias={self.bias is not None}"
         )
+
+
+def release_packed_sources(model: torch.nn.Module, release_pages: Callable[[torch.Tensor], None]) -> None:
+    """Weights that the kernels read from a copy in their own layout need their GGUF bytes again
+    only for dequantize() and the PyTorch path: `release_pages` drops those bytes' resident pages
+    (memory-mapped, they are read from the file again if needed; ~170 MB for the default model)."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear) and module.has_packed_copy():
+            release_pages(module.qweight)
+
+
+def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, in_features: int) -> torch.Tensor:
+    """fp32 [rows, in_features] from GGUF blocks [rows, row bytes], bit-identical to gguf's dequantizer."""
+    if _native is not None and raw.device.type == "cpu":
+        raw = raw.contiguous()
+        out = torch.empty(raw.shape[0], in_features)
+        _native.dequantize(int(qtype), raw.data_ptr(), out.data_ptr(), *out.shape)
+        return out
+    return dequantize_blocks(raw.cpu().numpy(), qtype, (raw.shape[0], in_features))

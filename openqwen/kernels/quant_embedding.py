@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .quant import QuantLinear
+from .quant import QuantLinear, dequantize_rows
 
 
 class QuantEmbedding(nn.Module):
@@ -24,8 +24,8 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.reshape(-1)
-        rows = QuantLinear.from_raw(self.table.qweight[ids.cpu()], self.table.qtype, ids.numel(), self.table.in_features)
-        return rows.dequantize().to(device=input_ids.device, dtype=self.dtype).reshape(*input_ids.shape, -1)
+        rows = dequantize_rows(self.table.qweight[ids.cpu()], self.table.qtype, self.table.in_features)
+        return rows.to(device=input_ids.device, dtype=self.dtype).reshape(*input_ids.shape, -1)
 
     def as_linear(self) -> QuantLinear:
         """The same table as an output head, for checkpoints with tied embeddings."""

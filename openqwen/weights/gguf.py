@@ -102,6 +102,21 @@ class GGUFFile:
             raw = self._data[i.start:i.start + i.nbytes]
             yield GGUFTensor(name=i.name, qtype=i.qtype, shape=i.shape, raw=raw)
 
+    def release_pages(self, tensor: torch.Tensor) -> None:
+        """Drops the resident pages of `tensor`, a view of this file's mapping that was never
+        written: the memory is returned, and a later read pages the bytes in from the file again.
+        Anything else (a copy, a written view) is left alone. Whole pages inside the tensor only."""
+        if not hasattr(mmap, "MADV_DONTNEED") or tensor._version != 0 or tensor.device.type != "cpu":
+            return
+        start = tensor.data_ptr() - self._data.ctypes.data
+        end = start + tensor.numel() * tensor.element_size()
+        if start < 0 or end > self._size or not tensor.is_contiguous():
+            return
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page
+        if hi > lo:
+            self._buf.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
     def tokenizer_data(self) -> dict[str, Any]:
         """The tokenizer stored in the metadata (llama.cpp's `tokenizer.ggml.*` keys)."""
         meta = self.metadata
