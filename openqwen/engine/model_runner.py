@@ -252,11 +252,13 @@ class ModelRunner:
                 hidden = self.model(input_ids, positions, ctx)
             if not rows:
                 return {}
-            offsets, last_rows = 0, []
-            for item in batch:
-                offsets += item.num_new_tokens
-                last_rows.append(offsets - 1)
-            logits = self._logits(hidden[self._tensor([last_rows[i] for i in rows])], requests)
+            if len(rows) < hidden.shape[0]:  # prefill chunks, or rows that need no token
+                offsets, last_rows = 0, []
+                for item in batch:
+                    offsets += item.num_new_tokens
+                    last_rows.append(offsets - 1)
+                hidden = hidden[self._tensor([last_rows[i] for i in rows])]
+            logits = self._logits(hidden, requests)
         tokens, logprobs = sample(logits, requests)
         return {seq.seq_id: (tok, lp) for seq, tok, lp in zip(sampled, tokens, logprobs)}
 

@@ -119,13 +119,16 @@ class Attention(nn.Module):
         if group > 1:
             k = k.repeat_interleave(group, dim=0)
             v = v.repeat_interleave(group, dim=0)
+        # A batch dimension of one: 4-D inputs reach PyTorch's fused CPU kernel, 3-D ones the
+        # unfused math path (5x slower for 1,000 tokens on 2 cores).
+        q, k, v = q[None], k[None], v[None]
         if causal_offset == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
-            rows = torch.arange(q.shape[1], device=q.device)[:, None] + causal_offset
-            mask = torch.arange(k.shape[1], device=q.device)[None, :] <= rows
+            rows = torch.arange(q.shape[2], device=q.device)[:, None] + causal_offset
+            mask = torch.arange(k.shape[2], device=q.device)[None, :] <= rows
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return out.transpose(0, 1)
+        return out[0].transpose(0, 1)
 
     def _decode(self, q: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """One query per sequence against its padded context: grouped matmuls, softmax in fp32."""
