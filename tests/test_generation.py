@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from openqwen import LLM, SamplingParams
-from openqwen.engine.sampler import SampleRequest, _filter, apply_penalties
+from openqwen.engine.sampler import SampleRequest, _filter, apply_penalties, sample
 from tiny_models import make_hf_model
 
 PROMPT = [9707, 11, 1879, 0, 358, 1079, 264, 3460, 1614, 13]
@@ -100,6 +100,25 @@ def test_top_k_candidates_filter_like_the_full_sort():
     full = _filter(logits, top_k, top_p, min_p)
     assert torch.equal(_filter(logits, top_k, top_p, min_p, candidates=50), full)
     assert [int(row.isfinite().sum()) for row in full][0] == 1
+
+
+@pytest.mark.parametrize("filters", [dict(top_k=3), dict(top_p=0.8)], ids=["top-k", "top-p"])
+def test_cpu_draw_follows_the_filtered_distribution(filters):
+    """The CPU sampler draws among the kept tokens only, not over the whole vocabulary; the
+    frequencies must still be the filtered softmax's."""
+    logits = torch.full((1, 1000), -10.0)
+    best = [3, 10, 500, 999]
+    logits[0, best] = torch.tensor([2.0, 1.5, 1.0, 0.2])
+    kept = best[:3]  # top-k 3; and top-p 0.8 keeps these three (masses 0.47, 0.28, 0.17, 0.08, ...)
+    probs = logits[0].softmax(-1)
+    assert probs[best[:2]].sum() < 0.8 <= probs[kept].sum()
+    expected = probs[kept] / probs[kept].sum()
+    gen = torch.Generator().manual_seed(0)
+    request = SampleRequest(SamplingParams(temperature=1.0, **filters), [], [], gen)
+    draws = [sample(logits.clone(), [request])[0][0] for _ in range(3000)]
+    assert set(draws) <= set(kept)
+    for token, p in zip(kept, expected.tolist()):
+        assert abs(draws.count(token) / len(draws) - p) < 0.03
 
 
 def test_min_p_one_and_tiny_top_p_are_greedy(models):
