@@ -91,15 +91,36 @@ def test_top_k_one_is_greedy(models):
     assert out[0].outputs[0].token_ids == expected
 
 
-def test_top_k_candidates_filter_like_the_full_sort():
-    """With top-k on every row, _filter looks only at the largest k; the kept logits must equal
-    those of sorting the whole vocabulary."""
+def reference_filter(logits: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]) -> torch.Tensor:
+    """The filters row by row over the whole sorted vocabulary (vLLM's order: top-k, then top-p
+    and min-p on the distribution renormalized after top-k)."""
+    out = torch.full_like(logits, float("-inf"))
+    for i, (k, p, m) in enumerate(zip(top_k, top_p, min_p)):
+        values, ids = logits[i].sort(descending=True)
+        keep = torch.arange(len(values)) < (k if k > 0 else len(values))
+        probs = values.masked_fill(~keep, float("-inf")).softmax(-1)
+        if p < 1:  # 1: off
+            keep &= (probs.cumsum(-1) - probs) < p
+        keep &= probs >= m * probs[0]
+        keep[0] = True
+        out[i, ids[keep]] = values[keep]
+    return out
+
+
+@pytest.mark.parametrize("scale", [3.0, 30.0], ids=["flat", "peaked"])  # flat: top-p needs the whole sort
+def test_filters_equal_a_whole_vocabulary_reference(scale):
+    """_filter finds the best tokens with topk (the largest top-k, or a window for top-p rows) and
+    sorts the whole vocabulary only when a row may keep more; the kept logits must be the same."""
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(4, 151936, generator=gen) * 3
-    top_k, top_p, min_p = torch.tensor([1, 20, 50, 7]), torch.tensor([1.0, 0.8, 0.95, 0.5]), torch.tensor([0.0, 0.0, 0.05, 0.0])
-    full = _filter(logits, top_k, top_p, min_p)
-    assert torch.equal(_filter(logits, top_k, top_p, min_p, candidates=50), full)
-    assert [int(row.isfinite().sum()) for row in full][0] == 1
+    logits = torch.randn(4, 151936, generator=gen) * scale
+    for top_k, top_p, min_p in [([1, 20, 50, 7], [1.0, 0.8, 0.95, 0.5], [0.0, 0.0, 0.05, 0.0]),
+                                ([0, 0, 0, 0], [0.8, 0.9, 1.0, 0.5], [0.0, 0.0, 0.1, 0.0]),
+                                ([0, 20, 0, 3], [0.8, 1.0, 0.95, 1.0], [0.0, 0.0, 0.0, 0.0])]:
+        expected = reference_filter(logits, top_k, top_p, min_p)
+        args = torch.tensor(top_k), torch.tensor(top_p), torch.tensor(min_p)
+        got = _filter(logits, *args, candidates=max(top_k) if min(top_k) > 0 else None)
+        assert torch.equal(got.isfinite(), expected.isfinite())
+        assert torch.equal(got[got.isfinite()], expected[expected.isfinite()])
 
 
 @pytest.mark.parametrize("filters", [dict(top_k=3), dict(top_p=0.8)], ids=["top-k", "top-p"])

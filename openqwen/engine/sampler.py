@@ -91,28 +91,59 @@ def _filter(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_
     return torch.full_like(logits, float("-inf")).scatter_(-1, ids, values)
 
 
+TOP_P_WINDOW = 256  # rows without a top-k: the best this many first, the whole sort only if needed
+
+
 def _kept(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
           candidates: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The tokens top-k / top-p / min-p keep, best first: (logits [B, W], token ids [B, W]), W the
     widest row's count, -inf where a row keeps fewer. Every filter keeps a prefix of the sorted row.
 
-    `candidates`: when every row has a top-k, the largest one. Only that many tokens can survive,
-    so they are found with topk instead of sorting the whole vocabulary (a 152k-entry sort costs
-    ~15 ms a step on one CPU core, as long as the decode step itself)."""
+    Sorting a 152k vocabulary costs ~15 ms a step on one CPU core, as long as the decode step
+    itself, so the rows' best tokens are found with topk where that suffices: the largest top-k
+    (`candidates`) when every row has one; else, on the CPU, a window of TOP_P_WINDOW tokens, kept
+    when every row drops the window's last token (then it drops everything after it as well)."""
     vocab = logits.shape[-1]
     if candidates is not None and candidates < vocab:
-        sorted_logits, order = logits.topk(candidates, dim=-1)
+        return _kept_among(logits, candidates, top_k, top_p, min_p, whole_rows=False)
+    if logits.device.type == "cpu" and TOP_P_WINDOW < vocab and int(top_k.max()) <= TOP_P_WINDOW:
+        values, ids, drop = _kept_among(logits, TOP_P_WINDOW, top_k, top_p, min_p, whole_rows=True, masks=True)
+        if bool(drop[:, -1].all()):
+            return _trim(values, ids, drop)
+    return _kept_among(logits, vocab, top_k, top_p, min_p, whole_rows=False)
+
+
+def _kept_among(logits: torch.Tensor, width: int, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+                whole_rows: bool, masks: bool = False):
+    """_kept over each row's `width` best tokens. `whole_rows`: the top-p masses of rows without a
+    top-k are shares of the whole row, not of the window."""
+    vocab = logits.shape[-1]
+    if width < vocab:
+        sorted_logits, order = logits.topk(width, dim=-1)
     else:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(sorted_logits.shape[-1], device=logits.device)[None, :]
     k = torch.where(top_k > 0, top_k, vocab)[:, None]
     drop = ranks >= k
-    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
-    # top-p: keep the smallest prefix whose mass reaches p (the token that crosses p is kept)
-    drop |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+    kept = sorted_logits.masked_fill(drop, float("-inf"))
+    if whole_rows:
+        total = torch.where(top_k[:, None] > 0, kept.logsumexp(dim=-1, keepdim=True), logits.logsumexp(dim=-1, keepdim=True))
+        probs = (kept - total).exp()
+    else:
+        probs = kept.softmax(dim=-1)
+    # top-p: keep the smallest prefix whose mass reaches p (the token that crosses p is kept); a
+    # top-p of 1 is off (rounded cumulative sums reach 1.0 before the last token)
+    drop |= ((probs.cumsum(dim=-1) - probs) >= top_p[:, None]) & (top_p[:, None] < 1)
     drop |= probs < min_p[:, None] * probs[:, :1]
     drop[:, 0] = False  # the most likely token always survives (a top_p that rounds to 0 in fp32)
-    width = int((~drop).sum(dim=-1).max()) if logits.device.type == "cpu" else sorted_logits.shape[-1]
+    if masks:
+        return sorted_logits, order, drop
+    return _trim(sorted_logits, order, drop)
+
+
+def _trim(sorted_logits: torch.Tensor, order: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept prefixes, as wide as the widest (the CPU only: the width costs a host sync)."""
+    width = int((~drop).sum(dim=-1).max()) if drop.device.type == "cpu" else drop.shape[-1]
     return sorted_logits[:, :width].masked_fill(drop[:, :width], float("-inf")), order[:, :width]
 
 
