@@ -45,23 +45,25 @@ void rows_q5_0_unpacked(const KernelTable& k, const MatmulSegment& s, int T, int
 // Global rows [begin, end) run through the segments they fall in, in order.
 void run_segment_rows(void* ctx, int64_t begin, int64_t end) {
     const auto* job = static_cast<const SegmentsJob*>(ctx);
-    const KernelTable& k = kernels();
     int64_t offset = 0;
     for (int i = 0; i < job->count && offset < end; ++i) {
         const MatmulSegment& s = job->segments[i];
         const int64_t lo = std::max(begin, offset) - offset, hi = std::min(end, offset + s.N) - offset;
-        if (lo < hi) {
-            if (k.rows[s.type_idx] != nullptr) {
-                k.rows[s.type_idx](s.w, row_bytes(s.type_idx, s.act->K), *s.act, job->T, s.y, s.N, lo, hi);
-            } else {
-                rows_q5_0_unpacked(k, s, job->T, lo, hi);
-            }
-        }
+        if (lo < hi) segment_rows(s, job->T, lo, hi);
         offset += s.N;
     }
 }
 
 }  // namespace
+
+void segment_rows(const MatmulSegment& s, int T, int64_t lo, int64_t hi) {
+    const KernelTable& k = kernels();
+    if (k.rows[s.type_idx] != nullptr) {
+        k.rows[s.type_idx](s.w, row_bytes(s.type_idx, s.act->K), *s.act, T, s.y, s.N, lo, hi);
+    } else {
+        rows_q5_0_unpacked(k, s, T, lo, hi);
+    }
+}
 
 const KernelTable& kernels() {
     if (g_kernels == nullptr) g_kernels = best_kernels();

@@ -53,6 +53,10 @@ size_t row_bytes(int type_idx, int64_t K);
 // they have a kernel for it (see repack_q5_0_pairs), else `type` itself.
 int packed_type(int type);
 
+// Rows [lo, hi) of one segment on the calling thread, through the selected kernels (a Q5_0_PAIRS
+// weight under kernels without a kernel for it is unpacked on the way).
+void segment_rows(const MatmulSegment& s, int T, int64_t lo, int64_t hi);
+
 // Runs every segment's rows as one parallel job (one wake-up and one barrier for, e.g., q, k and
 // v together). The caller holds pool_mutex().
 void matmul_segments(const MatmulSegment* segments, int count, int T);

@@ -115,9 +115,9 @@ struct RowsJob {
 
 void run_rows(void* ctx, int64_t begin, int64_t end) {
     const auto& job = *static_cast<const RowsJob*>(ctx);
-    const RowsFn fn = kernels().rows[job.type_idx];
-    for (int64_t j = begin; j < end; ++j) {
-        fn(job.w + job.rows[j] * job.row_bytes, job.row_bytes, *job.act, job.T, job.out + j, job.count, 0, 1);
+    for (int64_t j = begin; j < end; ++j) {  // row rows[j] as a one-row segment writing column j
+        const MatmulSegment row{job.type_idx, job.w + job.rows[j] * job.row_bytes, job.act, job.out + j, job.count};
+        segment_rows(row, job.T, 0, 1);
     }
 }
 

@@ -86,6 +86,27 @@ def test_top_k_equals_the_full_head(exact, coarse, rows, k):
     assert torch.equal(logits.argmax(1), full.argmax(1))
 
 
+def test_relaid_head_under_the_portable_kernels():
+    """A Q5_0 head is read from its re-laid copy; the portable kernels have no kernel for that layout
+    and unpack it, for the candidate rows as for the full head."""
+    from openqwen.kernels import quant
+
+    head, embed = pair(Q.Q5_0, Q.Q4_K)
+    proxy = ProxyHead.build(HeadModel(head, embed))
+    x = hidden_states(2)
+    head(x)  # the layout is chosen at the first use, under the SIMD kernels, and sticks
+    simd = quant._native.isa()
+    try:
+        quant._native.set_isa("scalar")
+        full, logits = head(x), proxy(x, 7)
+    finally:
+        quant._native.set_isa(simd)
+    found = torch.isfinite(logits)
+    assert found.any(0).sum() < MAX_CANDIDATE_SHARE * VOCAB
+    assert torch.equal(logits[found], full[found])
+    assert torch.equal(logits.topk(7).values, full.topk(7).values)
+
+
 def test_exempt_tokens_are_always_computed():
     head, embed = pair(Q.Q8_0, Q.Q5_0)
     proxy = ProxyHead.build(HeadModel(head, embed))
