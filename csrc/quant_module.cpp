@@ -190,7 +190,8 @@ PyMethodDef kMethods[] = {
     {"decode_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_decode_step)), METH_FASTCALL,
      "decode_step(plan, x, out, T, cos, sin, slots, tables, table_width, lens): all layers of a decode step"},
     {"proxy_stats", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_proxy_stats)), METH_FASTCALL,
-     "proxy_stats(exact_type, exact_ptr, coarse_type, coarse_ptr, out_ptr, N, K): per-row statistics [N, 5]"},
+     "proxy_stats(exact_type, exact_ptr, coarse_type, coarse_ptr, out_ptr, stride, N, K): per-row statistics, "
+     "statistic j of row n at out[j * stride + n]"},
     {"proxy_logits", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_proxy_logits)), METH_FASTCALL,
      "proxy_logits(...) -> candidates: top-k logits through the coarse copy (see proxy_head.cpp)"},
     {nullptr, nullptr, 0, nullptr},

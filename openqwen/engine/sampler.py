@@ -105,18 +105,19 @@ def _kept(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p:
     when every row drops the window's last token (then it drops everything after it as well)."""
     vocab = logits.shape[-1]
     if candidates is not None and candidates < vocab:
-        return _kept_among(logits, candidates, top_k, top_p, min_p, whole_rows=False)
+        return _trim(*_kept_among(logits, candidates, top_k, top_p, min_p, whole_rows=False))
     if logits.device.type == "cpu" and TOP_P_WINDOW < vocab and int(top_k.max()) <= TOP_P_WINDOW:
-        values, ids, drop = _kept_among(logits, TOP_P_WINDOW, top_k, top_p, min_p, whole_rows=True, masks=True)
+        values, ids, drop = _kept_among(logits, TOP_P_WINDOW, top_k, top_p, min_p, whole_rows=True)
         if bool(drop[:, -1].all()):
             return _trim(values, ids, drop)
-    return _kept_among(logits, vocab, top_k, top_p, min_p, whole_rows=False)
+    return _trim(*_kept_among(logits, vocab, top_k, top_p, min_p, whole_rows=False))
 
 
 def _kept_among(logits: torch.Tensor, width: int, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
-                whole_rows: bool, masks: bool = False):
-    """_kept over each row's `width` best tokens. `whole_rows`: the top-p masses of rows without a
-    top-k are shares of the whole row, not of the window."""
+                whole_rows: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's `width` best tokens, sorted: (logits, token ids, which of them the filters drop).
+    `whole_rows`: the top-p masses of rows without a top-k are shares of the whole row, not of the
+    `width` tokens."""
     vocab = logits.shape[-1]
     if width < vocab:
         sorted_logits, order = logits.topk(width, dim=-1)
@@ -136,9 +137,7 @@ def _kept_among(logits: torch.Tensor, width: int, top_k: torch.Tensor, top_p: to
     drop |= ((probs.cumsum(dim=-1) - probs) >= top_p[:, None]) & (top_p[:, None] < 1)
     drop |= probs < min_p[:, None] * probs[:, :1]
     drop[:, 0] = False  # the most likely token always survives (a top_p that rounds to 0 in fp32)
-    if masks:
-        return sorted_logits, order, drop
-    return _trim(sorted_logits, order, drop)
+    return sorted_logits, order, drop
 
 
 def _trim(sorted_logits: torch.Tensor, order: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

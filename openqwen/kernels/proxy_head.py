@@ -58,8 +58,6 @@ class ProxyHead:
                 or coarse.qweight.numel() >= head.qweight.numel()):
             return None
         release = release_pages or (lambda t: None)
-        coarse.native_weight()  # the kernel layout now rather than at the first token
-        release(coarse.qweight)
         vocab = head.out_features
         stats = torch.empty(5, vocab)
         for start in range(0, vocab, _STATS_ROWS):  # a slice at a time, so memory stays flat
@@ -71,6 +69,8 @@ class ProxyHead:
             release(coarse.qweight[start:stop])
         if stats[1].median() > MAX_RELATIVE_ERROR * stats[4].median():
             return None
+        coarse.native_weight()  # the kernel layout now rather than at the first token
+        release(coarse.qweight)
         return cls(head, coarse, stats)
 
     @staticmethod

@@ -233,13 +233,9 @@ class QuantLinear(torch.nn.Module):
         y = torch.empty(x.shape[0], self.out_features, device=x.device)
         step = max(1, _TILE_BYTES // (4 * self.in_features))
         for start in range(0, self.out_features, step):
-            w = self._dequantize_torch(start, start + step).to(x.device)
+            w = dequantize_rows(self.qweight[start:start + step], self.qtype, self.in_features).to(x.device)
             y[:, start:start + step] = F.linear(xq, w)
         return y
-
-    def _dequantize_torch(self, start: int, stop: int) -> torch.Tensor:
-        rows = self.qweight[start:stop].cpu()
-        return dequantize_blocks(rows.numpy(), self.qtype, (rows.shape[0], self.in_features))
 
     def dequantize(self) -> torch.Tensor:
         """The weight as fp32 [out_features, in_features], bit-identical to gguf's dequantizer."""
