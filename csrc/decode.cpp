@@ -41,10 +41,19 @@ struct Layer {
     Linear q, k, v, o, gate, up, down;
 };
 
+// A quantized token embedding whose rows the step dequantizes itself (type_idx -1: none, the
+// caller passes the embedded tokens).
+struct Embedding {
+    int type_idx = -1;
+    const uint8_t* w = nullptr;
+    int64_t rows = 0;
+};
+
 struct Plan {
     int64_t D, H, Hkv, d, I, block_size;
     float eps, scale;
     const float* final_norm;
+    Embedding embedding;
     std::vector<Layer> layers;
     // Scratch, reused across steps (one step at a time runs, under the pool mutex).
     std::vector<float> xn, q, k, v, attn, gate, up, delta;
@@ -133,7 +142,8 @@ void attend(void* ctx, int64_t begin, int64_t end) {
 
 struct StepInputs {
     int T;
-    const float* cos;  // [T, d]
+    const int64_t* positions;  // [T]
+    const float* cos;  // [rope_rows, d], row p for position p
     const float* sin;
     const int64_t* slots;  // [T] cache slot of each new token
     const int64_t* tables;
@@ -153,8 +163,9 @@ void run_layer(Plan& p, const Layer& L, float* x, const StepInputs& in) {
             for (int64_t h = 0; h < p.H; ++h) rms_norm(q + h * d, L.q_norm, p.eps, d, q + h * d);
             for (int64_t h = 0; h < p.Hkv; ++h) rms_norm(k + h * d, L.k_norm, p.eps, d, k + h * d);
         }
-        rope(q, p.H, d, in.cos + t * d, in.sin + t * d);
-        rope(k, p.Hkv, d, in.cos + t * d, in.sin + t * d);
+        const int64_t pos = in.positions[t];
+        rope(q, p.H, d, in.cos + pos * d, in.sin + pos * d);
+        rope(k, p.Hkv, d, in.cos + pos * d, in.sin + pos * d);
         if (in.slots[t] >= 0) {
             std::memcpy(L.k_cache + in.slots[t] * kv, k, sizeof(float) * kv);
             std::memcpy(L.v_cache + in.slots[t] * kv, p.v.data() + t * kv, sizeof(float) * kv);
@@ -188,16 +199,17 @@ void free_plan(PyObject* capsule) { delete static_cast<Plan*>(PyCapsule_GetPoint
 
 }  // namespace
 
-// make_decode_plan((D, H, Hkv, d, I, block_size), eps, scale, final_norm_ptr, layers): each layer
+// make_decode_plan((D, H, Hkv, d, I, block_size), eps, scale, final_norm_ptr, embedding, layers):
+// embedding is None or (type, table_ptr, rows) of a quantized token embedding [rows, D]; each layer
 // is a tuple of 41 ints: input_norm, post_attention_norm, q_norm (0: none), k_norm, k_cache,
 // v_cache pointers, then (type, weight, bias (0: none), N, K) for q, k, v, o, gate, up, down.
 PyObject* py_make_decode_plan(PyObject*, PyObject* args) {
     auto plan = std::make_unique<Plan>();
     long long dims[6], final_norm;
     double eps, scale;
-    PyObject* layers;
-    if (!PyArg_ParseTuple(args, "(LLLLLL)ddLO!", &dims[0], &dims[1], &dims[2], &dims[3], &dims[4], &dims[5], &eps,
-                          &scale, &final_norm, &PyList_Type, &layers)) {
+    PyObject *embedding, *layers;
+    if (!PyArg_ParseTuple(args, "(LLLLLL)ddLOO!", &dims[0], &dims[1], &dims[2], &dims[3], &dims[4], &dims[5], &eps,
+                          &scale, &final_norm, &embedding, &PyList_Type, &layers)) {
         return nullptr;
     }
     Plan& p = *plan;
@@ -207,6 +219,15 @@ PyObject* py_make_decode_plan(PyObject*, PyObject* args) {
     if (p.Hkv <= 0 || p.H % p.Hkv != 0 || p.d % 2 != 0 || p.block_size <= 0) {
         PyErr_SetString(PyExc_ValueError, "decode plan: inconsistent head counts, head_dim or block size");
         return nullptr;
+    }
+    if (embedding != Py_None) {
+        long long type, table, rows;
+        if (!PyArg_ParseTuple(embedding, "LLL", &type, &table, &rows)) return nullptr;
+        p.embedding = Embedding{type_index(static_cast<int>(type)), reinterpret_cast<const uint8_t*>(table), rows};
+        if (p.embedding.type_idx < 0 || p.embedding.type_idx == kQ5_0PairsIndex || p.D % kQK != 0) {
+            PyErr_Format(PyExc_ValueError, "decode plan: unsupported embedding type %lld", type);
+            return nullptr;
+        }
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(layers); ++i) {
         PyObject* item = PyList_GET_ITEM(layers, i);
@@ -237,32 +258,49 @@ PyObject* py_make_decode_plan(PyObject*, PyObject* args) {
     return capsule;
 }
 
-// decode_step(plan, x_ptr, out_ptr, T, cos_ptr, sin_ptr, slots_ptr, tables_ptr, table_width, lens_ptr):
-// x [T, D] fp32 holds the embedded tokens and is used as the residual stream; out [T, D] receives
-// the final-normed hidden states. cos/sin [T, d] fp32; slots [T], tables [T, width] and lens [T]
-// int64. The new keys and values are written into the cache.
+// decode_step(plan, ids_ptr, x_ptr, out_ptr, T, positions_ptr, rope_ptr, rope_rows, slots_ptr,
+// tables_ptr, table_width, lens_ptr): x [T, D] fp32 is the residual stream; with the plan's
+// embedding the step looks up the token ids [T] into it, otherwise it must hold the embedded tokens
+// (ids_ptr unused). out [T, D] receives the final-normed hidden states. positions [T] int64 index
+// the RoPE table [2, rope_rows, d] fp32 (cos rows, then sin rows); slots [T], tables [T, width] and
+// lens [T] int64. The new keys and values are written into the cache.
 PyObject* py_decode_step(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 10) {
-        PyErr_Format(PyExc_TypeError, "decode_step() takes 10 arguments (%zd given)", nargs);
+    if (nargs != 12) {
+        PyErr_Format(PyExc_TypeError, "decode_step() takes 12 arguments (%zd given)", nargs);
         return nullptr;
     }
     auto* plan = static_cast<Plan*>(PyCapsule_GetPointer(args[0], kCapsule));
     if (plan == nullptr) return nullptr;
-    int64_t a[9];
-    for (int i = 0; i < 9; ++i) {
+    int64_t a[11];
+    for (int i = 0; i < 11; ++i) {
         a[i] = PyLong_AsLongLong(args[i + 1]);
         if (a[i] == -1 && PyErr_Occurred()) return nullptr;
     }
-    auto* x = reinterpret_cast<float*>(a[0]);
-    auto* out = reinterpret_cast<float*>(a[1]);
-    const StepInputs in{static_cast<int>(a[2]), reinterpret_cast<const float*>(a[3]),
-                        reinterpret_cast<const float*>(a[4]), reinterpret_cast<const int64_t*>(a[5]),
-                        reinterpret_cast<const int64_t*>(a[6]), a[7], reinterpret_cast<const int64_t*>(a[8])};
+    Plan& p = *plan;
+    const auto* ids = reinterpret_cast<const int64_t*>(a[0]);
+    auto* x = reinterpret_cast<float*>(a[1]);
+    auto* out = reinterpret_cast<float*>(a[2]);
+    const auto* rope_table = reinterpret_cast<const float*>(a[5]);
+    const int64_t rope_rows = a[6];
+    const StepInputs in{static_cast<int>(a[3]), reinterpret_cast<const int64_t*>(a[4]), rope_table,
+                        rope_table + rope_rows * p.d, reinterpret_cast<const int64_t*>(a[7]),
+                        reinterpret_cast<const int64_t*>(a[8]), a[9], reinterpret_cast<const int64_t*>(a[10])};
     if (in.T <= 0 || in.table_width <= 0) {
         PyErr_SetString(PyExc_ValueError, "decode_step: T and table_width must be positive");
         return nullptr;
     }
-    Plan& p = *plan;
+    for (int t = 0; t < in.T; ++t) {
+        if (in.positions[t] < 0 || in.positions[t] >= rope_rows) {
+            PyErr_Format(PyExc_ValueError, "decode_step: position %lld is outside the RoPE table of %lld rows",
+                         static_cast<long long>(in.positions[t]), static_cast<long long>(rope_rows));
+            return nullptr;
+        }
+        if (p.embedding.type_idx >= 0 && (ids[t] < 0 || ids[t] >= p.embedding.rows)) {
+            PyErr_Format(PyExc_ValueError, "decode_step: token id %lld is outside the embedding of %lld rows",
+                         static_cast<long long>(ids[t]), static_cast<long long>(p.embedding.rows));
+            return nullptr;
+        }
+    }
     Py_BEGIN_ALLOW_THREADS;
     {
         std::lock_guard<std::mutex> lock(pool_mutex());
@@ -271,6 +309,10 @@ PyObject* py_decode_step(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         p.q.resize(T * p.H * p.d), p.attn.resize(T * p.H * p.d);
         p.k.resize(T * p.Hkv * p.d), p.v.resize(T * p.Hkv * p.d);
         p.gate.resize(T * p.I), p.up.resize(T * p.I);
+        if (p.embedding.type_idx >= 0) {
+            const size_t row = row_bytes(p.embedding.type_idx, p.D);
+            for (int t = 0; t < in.T; ++t) dequantize_row(p.embedding.type_idx, p.embedding.w + ids[t] * row, p.D, x + t * p.D);
+        }
         for (const Layer& layer : p.layers) run_layer(p, layer, x, in);
         for (int t = 0; t < in.T; ++t) rms_norm(x + t * p.D, p.final_norm, p.eps, p.D, out + t * p.D);
     }

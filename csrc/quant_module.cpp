@@ -186,9 +186,9 @@ PyMethodDef kMethods[] = {
     {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> bool: select an instruction set (tests)"},
     {"make_decode_plan", py_make_decode_plan, METH_VARARGS,
-     "make_decode_plan(dims, eps, scale, final_norm_ptr, layers) -> plan of the native decode step"},
+     "make_decode_plan(dims, eps, scale, final_norm_ptr, embedding, layers) -> plan of the native decode step"},
     {"decode_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_decode_step)), METH_FASTCALL,
-     "decode_step(plan, x, out, T, cos, sin, slots, tables, table_width, lens): all layers of a decode step"},
+     "decode_step(plan, ids, x, out, T, positions, rope, rope_rows, slots, tables, table_width, lens): all layers of a decode step"},
     {"proxy_stats", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_proxy_stats)), METH_FASTCALL,
      "proxy_stats(exact_type, exact_ptr, coarse_type, coarse_ptr, out_ptr, stride, N, K): per-row statistics, "
      "statistic j of row n at out[j * stride + n]"},

@@ -106,6 +106,51 @@ def test_greedy_generation_equals_the_pytorch_path(tmp_path, arch, qtype):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
 
 
+def test_dense_embedding_is_looked_up_before_the_step(tmp_path):
+    """The step dequantizes rows of a quantized embedding itself; an F32 one stays an nn.Embedding
+    whose rows the caller passes in."""
+    tiny = write_tiny_gguf(tmp_path / "f32_embed.gguf", arch="qwen2", qtype=Q.Q8_0, embed_qtype=Q.F32)
+    llm = LLM(str(tiny.path), device="cpu", block_size=BLOCK, max_model_len=64, kv_cache_gb=0.01)
+    assert isinstance(llm.engine.runner.model.model.embed_tokens, torch.nn.Embedding)
+    check_step(llm.engine.runner)
+
+
+def test_rope_table_grows_with_the_context(tmp_path):
+    """The step reads cos/sin from a table of the positions seen so far (256 rows at first, then
+    doubled): decoding from position 250 to 290 crosses its growth and matches the PyTorch path."""
+    tiny = write_tiny_gguf(tmp_path / "long.gguf", arch="qwen3", qtype=Q.Q8_0)
+    llm = LLM(str(tiny.path), device="cpu", block_size=BLOCK, max_model_len=512, kv_cache_gb=0.05)
+    prompt = [[5 + i % 200 for i in range(250)]]
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, logprobs=1)
+    native = llm.generate(prompt, params)[0].outputs[0]
+    assert llm.engine.runner.native_decoder._rope.shape[1] >= 290
+    llm.engine.runner.native_decoder = None
+    reference = llm.generate(prompt, params)[0].outputs[0]
+    assert native.token_ids == reference.token_ids
+    for a, b in zip(native.logprobs, reference.logprobs):  # mostly equal; an int8 rounding flip moves ~1e-3
+        assert abs(a.logprob - b.logprob) < 5e-3
+
+
+def test_step_rejects_positions_and_ids_outside_its_tables(tmp_path):
+    from openqwen.kernels import quant
+
+    decoder = tiny_llm(tmp_path, "qwen2", Q.Q8_0).engine.runner.native_decoder
+    rope = decoder._rope_table(1)
+    x, out = torch.empty(1, decoder.model.args.hidden_size), torch.empty(1, decoder.model.args.hidden_size)
+    slots, tables, lens = torch.tensor([0]), torch.tensor([[0]]), torch.tensor([1])
+
+    def step(token: int, position: int) -> None:
+        ids, positions = torch.tensor([token]), torch.tensor([position])
+        quant._native.decode_step(decoder._plan, ids.data_ptr(), x.data_ptr(), out.data_ptr(), 1, positions.data_ptr(),
+                                  rope.data_ptr(), rope.shape[1], slots.data_ptr(), tables.data_ptr(), 1,
+                                  lens.data_ptr())
+
+    with pytest.raises(ValueError, match="outside the RoPE table"):
+        step(1, rope.shape[1])
+    with pytest.raises(ValueError, match="outside the embedding"):
+        step(decoder.model.model.embed_tokens.table.out_features, 0)
+
+
 def test_not_used_where_it_does_not_apply(tmp_path):
     dense = tmp_path / "dense"
     make_hf_model("qwen3", dense)

@@ -21,6 +21,7 @@ from ..layers.attention import AttentionContext
 from ..layers.mlp import SwiGLU
 from . import quant
 from .quant import QuantLinear
+from .quant_embedding import QuantEmbedding
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -49,7 +50,10 @@ def _fp32_ptr(t: torch.Tensor | None) -> int:
 
 
 class NativeDecoder:
-    """Runs the decoder layers of decode-only steps in C++; embedding and logits stay in PyTorch."""
+    """Runs the decoder layers of decode-only steps in C++, and the embedding when it is quantized;
+    the logits stay outside. Per step the Python side only checks the weights and passes pointers:
+    after a step has streamed ~250 MB of weights through the caches, every PyTorch op it runs in
+    between costs several times its warm price (embedding and RoPE tables took ~0.4 ms a token)."""
 
     def __init__(self, model: nn.Module, layer_fields: list[tuple[int, ...]]) -> None:
         args, inner = model.args, model.model
@@ -63,8 +67,13 @@ class NativeDecoder:
         self._copied = [lin for layer in inner.layers for lin in _linears(layer) if lin._qtype_id == quant._Q5_0]
         self._copied_weights = [lin.qweight for lin in self._copied]
         self._copied_version = sum(w._version for w in self._copied_weights)
+        embed = inner.embed_tokens
+        self._embeds = isinstance(embed, QuantEmbedding) and embed.table.qweight.device.type == "cpu"
+        embedding = ((embed.table._qtype_id, embed.table.qweight.data_ptr(), embed.table.out_features)
+                     if self._embeds else None)
+        self._rope = torch.empty(2, 0, args.head_dim)  # cos and sin rows of positions 0 .. n-1
         self._plan = quant._native.make_decode_plan(dims, inner.norm.eps, attention.scale,
-                                                    _fp32_ptr(inner.norm.weight), layer_fields)
+                                                    _fp32_ptr(inner.norm.weight), embedding, layer_fields)
 
     @classmethod
     def build(cls, model: nn.Module) -> NativeDecoder | None:
@@ -94,20 +103,30 @@ class NativeDecoder:
         fields = tuple(_fp32_ptr(t) for t in norms) + (_fp32_ptr(cache.k_cache), _fp32_ptr(cache.v_cache))
         return fields + tuple(f for lin in linears for f in _linear_fields(lin))
 
+    def _rope_table(self, positions: int) -> torch.Tensor:
+        """cos and sin [2, n, head_dim] from the model's own rotary embedding for n >= positions,
+        grown by doubling (a table for the whole context length would cost memory for nothing)."""
+        if self._rope.shape[1] < positions:
+            n = max(positions, 2 * self._rope.shape[1], 256)
+            self._rope = torch.stack(self.model.model.rotary_emb(torch.arange(n), torch.float32)).contiguous()
+        return self._rope
+
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """Final hidden states [T, D] of T sequences with one new token each (ctx.decode_only)."""
-        inner = self.model.model
         version = sum(w._version for w in self._copied_weights)
         if version != self._copied_version:
             for lin in self._copied:
                 lin.native_weight()
             self._copied_version = version
-        x = inner.embed_tokens(input_ids).float().contiguous()
-        cos, sin = (t.contiguous() for t in inner.rotary_emb(positions, torch.float32))
-        slots, tables, lens = (t.to(torch.int64).contiguous() for t in (ctx.slot_mapping, ctx.block_tables,
-                                                                        ctx.context_lens))
+        ids, positions, slots, tables, lens = (t.to(torch.int64).contiguous() for t in (
+            input_ids, positions, ctx.slot_mapping, ctx.block_tables, ctx.context_lens))
+        if self._embeds:
+            x = torch.empty(ids.shape[0], self.model.args.hidden_size)
+        else:
+            x = self.model.model.embed_tokens(ids).float().contiguous()
+        rope = self._rope_table(max(ctx.context_lens_host))
         out = torch.empty_like(x)
-        quant._native.decode_step(self._plan, x.data_ptr(), out.data_ptr(), x.shape[0], cos.data_ptr(),
-                                  sin.data_ptr(), slots.data_ptr(), tables.data_ptr(), tables.shape[1],
-                                  lens.data_ptr())
+        quant._native.decode_step(self._plan, ids.data_ptr(), x.data_ptr(), out.data_ptr(), x.shape[0],
+                                  positions.data_ptr(), rope.data_ptr(), rope.shape[1], slots.data_ptr(),
+                                  tables.data_ptr(), tables.shape[1], lens.data_ptr())
         return out
