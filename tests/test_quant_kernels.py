@@ -24,6 +24,7 @@ from gguf.quants import dequantize as gguf_dequantize
 
 from openqwen.kernels import quant as kq
 from openqwen.kernels import QuantLinear, quantize
+from openqwen.kernels.huge_pages import HUGE_PAGE, HugePageArena
 
 Q = GGMLQuantizationType
 TYPES = kq.SUPPORTED_TYPES
@@ -200,6 +201,39 @@ def test_q5_0_native_copy_follows_qweight():
     expected = QuantLinear.from_raw(other, Q.Q5_0, n, k)(x)
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
     assert layer.native_weight() == (wtype, ptr)  # rebuilt where a decode plan may point
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", [Q.Q5_0, Q.Q8_0, Q.Q4_K])
+def test_placed_weights_compute_the_same(qtype):
+    """place_native_weight (huge pages): Q5_0's re-laid copy is written into the given memory, other
+    types move qweight there; results, GGUF bytes and in-place writes behave as before."""
+    n, k = 24, 512
+    raw = random_blocks(qtype, n, k, seed=3)
+    layer = QuantLinear.from_raw(torch.from_numpy(raw.copy()), qtype, n, k)
+    x = torch.randn(3, k)
+    expected = layer(x)
+    memory = HugePageArena().empty(layer.qweight.numel())
+    replaced = layer.place_native_weight(memory)
+    assert layer.native_weight()[1] == memory.data_ptr()
+    assert (replaced is None) == (layer.native_weight()[0] != int(qtype))  # a re-laid copy keeps qweight
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(layer.qweight, torch.from_numpy(raw), rtol=0, atol=0)
+    other = random_blocks(qtype, n, k, seed=4)
+    layer.load_state_dict({"qweight": torch.from_numpy(other)})
+    torch.testing.assert_close(layer(x), QuantLinear.from_raw(other, qtype, n, k)(x), rtol=0, atol=0)
+
+
+def test_huge_page_arena_hands_out_disjoint_aligned_memory():
+    arena = HugePageArena(chunk_bytes=HUGE_PAGE)
+    sizes = [100, 1 << 20, 1000, 3 * HUGE_PAGE, 64]  # the 6 MiB one gets a chunk of its own
+    tensors = [arena.empty(n) for n in sizes]
+    assert [t.numel() for t in tensors] == sizes and all(t.dtype == torch.uint8 for t in tensors)
+    assert all(t.data_ptr() % 64 == 0 for t in tensors)
+    assert tensors[3].data_ptr() % HUGE_PAGE == 0
+    for i, t in enumerate(tensors):
+        t.fill_(i)
+    assert all(bool((t == i).all()) for i, t in enumerate(tensors))  # no overlaps
 
 
 @needs_native

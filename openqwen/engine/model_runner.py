@@ -28,7 +28,8 @@ from torch import nn
 
 from ..kernels.native_decode import NativeDecoder
 from ..kernels.proxy_head import ProxyHead
-from ..kernels.quant import DENSE_MIN_ROWS, release_packed_sources
+from ..kernels.huge_pages import HugePageArena
+from ..kernels.quant import DENSE_MIN_ROWS, place_native_weights, release_packed_sources
 from ..layers.attention import Attention, AttentionContext, fast_path
 from .sampler import SampleRequest, TokenLogprobs, choose_on_device, moved_tokens, sample
 from .scheduler import ScheduledSeq
@@ -111,11 +112,20 @@ class ModelRunner:
 
         self.torch_single_thread = (device.type == "cpu" and native_available()
                                     and any(isinstance(m, QuantLinear) for m in model.modules()))
+        # The weights each decode step streams whole go on huge pages (kernels/huge_pages.py), before
+        # the native decoder takes their addresses: the layers, then the head the step reads
+        # (the proxy head's coarse copy, or the whole head).
+        arena = HugePageArena() if self.torch_single_thread else None
+        layers = getattr(getattr(model, "model", None), "layers", None)
+        if arena is not None and layers is not None:
+            place_native_weights(layers.modules(), arena, release_pages)
+        self.proxy_head = ProxyHead.build(model, release_pages, arena) if device.type == "cpu" else None
+        if arena is not None and self.proxy_head is None:
+            place_native_weights([getattr(model, "lm_head", None)], arena, release_pages)
         # Decode-only steps of dense quantized models run all layers in one native call.
         self.native_decoder = NativeDecoder.build(model) if device.type == "cpu" else None
         if release_pages is not None:
             release_packed_sources(model, release_pages)
-        self.proxy_head = ProxyHead.build(model, release_pages) if device.type == "cpu" else None
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tensor(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import quant
+from .huge_pages import HugePageArena
 from .quant import DENSE_MIN_ROWS, QuantLinear
 from .quant_embedding import QuantEmbedding
 
@@ -44,11 +45,13 @@ class ProxyHead:
         self._weights = self._weight_versions()  # the statistics hold for these weights only
 
     @classmethod
-    def build(cls, model: nn.Module, release_pages: Callable[[torch.Tensor], None] | None = None) -> ProxyHead | None:
+    def build(cls, model: nn.Module, release_pages: Callable[[torch.Tensor], None] | None = None,
+              arena: HugePageArena | None = None) -> ProxyHead | None:
         """A proxy head when the model's output head and token embedding are two quantized copies
         of one matrix, the embedding the smaller; else None. `release_pages(t)` drops the resident
         pages of a memory-mapped tensor: afterwards the fine matrix is read only in candidate rows
-        and the coarse one from its kernel layout, so neither file copy needs to stay in memory."""
+        and the coarse one from its kernel layout, so neither file copy needs to stay in memory.
+        The coarse matrix, read whole every step, goes into `arena` when one is given."""
         head = getattr(model, "lm_head", None)
         embed = getattr(getattr(model, "model", None), "embed_tokens", None)
         if not (quant.native_available() and isinstance(head, QuantLinear) and isinstance(embed, QuantEmbedding)):
@@ -69,8 +72,11 @@ class ProxyHead:
             release(coarse.qweight[start:stop])
         if stats[1].median() > MAX_RELATIVE_ERROR * stats[4].median():
             return None
+        replaced = coarse.place_native_weight(arena.empty(coarse.qweight.numel())) if arena else None
         coarse.native_weight()  # the kernel layout now rather than at the first token
         release(coarse.qweight)
+        if replaced is not None:
+            release(replaced)
         return cls(head, coarse, stats)
 
     @staticmethod

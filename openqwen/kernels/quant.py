@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from openqwen.weights.gguf_quants import dequantize as dequantize_blocks
+
+from .huge_pages import HugePageArena
 
 try:
     from openqwen import _quant_native as _native
@@ -204,6 +206,22 @@ class QuantLinear(torch.nn.Module):
             packed = self._repack(qweight, packed)
         return packed[2], (packed[3] if packed[3] is not None else qweight).data_ptr()
 
+    def place_native_weight(self, memory: torch.Tensor) -> torch.Tensor | None:
+        """Move the bytes the native kernels read into `memory` (uint8, as many bytes as qweight;
+        e.g. huge pages): the re-laid copy where the kernels use one, else qweight itself. Returns
+        the qweight this replaced (to release its file pages), or None. Call it before a decode
+        plan holds the weight's address."""
+        qweight = self._buffers["qweight"]
+        memory = memory.view(qweight.shape)
+        wtype = _native.packed_type(self._qtype_id)
+        if wtype != self._qtype_id:
+            self._repack(qweight, (None, None, wtype, memory))  # writes the copy into `memory`
+            return None
+        memory.copy_(qweight)
+        self._buffers["qweight"] = memory
+        self.__dict__.pop("_packed", None)
+        return qweight
+
     def has_packed_copy(self) -> bool:
         """Whether the native kernels already read this weight from its own copy (native_weight)."""
         packed = self.__dict__.get("_packed")
@@ -246,6 +264,17 @@ class QuantLinear(torch.nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"qtype={self.qtype.name}, bias={self.bias is not None}"
         )
+
+
+def place_native_weights(modules: Iterable[torch.nn.Module], arena: HugePageArena,
+                         release_pages: Callable[[torch.Tensor], None] | None = None) -> None:
+    """Every QuantLinear among `modules` reads its weight from `arena` (see huge_pages.py); the
+    file pages of the weights copied there are released."""
+    for module in modules:
+        if isinstance(module, QuantLinear) and module.qweight.device.type == "cpu":
+            replaced = module.place_native_weight(arena.empty(module.qweight.numel()))
+            if replaced is not None and release_pages is not None:
+                release_pages(replaced)
 
 
 def release_packed_sources(model: torch.nn.Module, release_pages: Callable[[torch.Tensor], None]) -> None:
