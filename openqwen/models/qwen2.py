@@ -70,7 +70,10 @@ class Qwen2DecoderLayer(nn.Module):
 class Qwen2Model(nn.Module):
     def __init__(self, args: ModelArgs, make_attention, make_mlp) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        # Given its (empty) weight, nn.Embedding skips the random init: on the meta device that init
+        # imports torch._dynamo, 1.2-1.9 s of every load.
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size,
+                                         _weight=torch.empty(args.vocab_size, args.hidden_size))
         self.layers = nn.ModuleList(
             Qwen2DecoderLayer(args, make_attention(args), make_mlp(args, i)) for i in range(args.num_hidden_layers)
         )
