@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -88,3 +89,13 @@ def test_serve_enforce_eager_flag_reaches_llm(monkeypatch):
         with pytest.raises(Loaded) as loaded:
             cli_serve.cmd_serve(build_parser().parse_args(["serve", "--model", "m", *flags]))
         assert loaded.value.args[0]["enforce_eager"] is expected
+
+
+def test_serve_without_server_packages_says_what_to_install(tmp_path):
+    """Without the [serve] extra, `openqwen serve` fails with one line naming the extra."""
+    (tmp_path / "uvicorn.py").write_text("raise ModuleNotFoundError('No module named uvicorn', name='uvicorn')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "openqwen", "serve", "--model", "m"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "openqwen: error: `openqwen serve` needs uvicorn: pip install 'openqwen[serve]'"

@@ -64,10 +64,13 @@ def configure_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from .app import create_app
+    except ModuleNotFoundError as exc:  # the server's packages are an extra
+        raise ImportError(f"`openqwen serve` needs {exc.name}: pip install 'openqwen[serve]'") from exc
     from ..llm import LLM
-    from .app import create_app
     from .service import Limits
 
     configure_logging(args.log_level)
