@@ -72,11 +72,10 @@ class ProxyHead:
             release(coarse.qweight[start:stop])
         if stats[1].median() > MAX_RELATIVE_ERROR * stats[4].median():
             return None
-        replaced = coarse.place_native_weight(arena.empty(coarse.qweight.numel())) if arena else None
+        if arena is not None:
+            quant.place_native_weights([coarse], arena, release_pages)
         coarse.native_weight()  # the kernel layout now rather than at the first token
         release(coarse.qweight)
-        if replaced is not None:
-            release(replaced)
         return cls(head, coarse, stats)
 
     @staticmethod
