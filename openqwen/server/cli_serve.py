@@ -63,17 +63,13 @@ def configure_logging(level: str) -> None:
         logger.propagate = False
 
 
-# Import names of the [serve] extra's packages (and starlette, which FastAPI brings).
-SERVE_PACKAGES = frozenset({"fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client", "llguidance", "jsonschema"})
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
         from .app import create_app
-    except ModuleNotFoundError as exc:  # the server's packages are an extra
-        if (exc.name or "").split(".")[0] not in SERVE_PACKAGES:
+    except ModuleNotFoundError as exc:  # the server's third-party packages are the [serve] extra
+        if (exc.name or "openqwen").split(".")[0] == "openqwen":
             raise
         raise ImportError(f"`openqwen serve` needs {exc.name}: pip install 'openqwen[serve]'") from exc
     from ..llm import LLM
