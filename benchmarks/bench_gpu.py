@@ -216,11 +216,26 @@ def micro_ours(llm) -> dict:
     runner = llm.engine.runner
     g = runner.graphs
     replay = {}
-    for size in (1, 8, 64, 256):
+    for size in (1, 2, 8, 64, 256):
         if size in g.graphs:
             ms = triton.testing.do_bench(lambda: g.graphs[size].replay(), warmup=10, rep=100, return_mode="median")
             replay[size] = ms
     res["graph_replay_ms_by_batch"] = replay
+
+    # The decoder norms inside the GEMVs that read them (layers.fused.DeferredRMSNorm) against the
+    # separate norm kernel: the small-batch graphs recaptured without, replayed the same way.
+    from openqwen.layers import fused
+
+    small = [size for size in (1, 2) if size in g.graphs]
+    kept = fused.NORM_IN_GEMV_MAX_M
+    for norm_in_gemv in (0, kept):
+        fused.NORM_IN_GEMV_MAX_M = norm_in_gemv
+        for size in small:
+            del g.graphs[size]
+        runner.capture_cuda_graphs(max(small))
+        ms = {size: triton.testing.do_bench(lambda: g.graphs[size].replay(), warmup=10, rep=100,
+                                            return_mode="median") for size in small}
+        res["graph_replay_ms_norm_in_gemv" if norm_in_gemv else "graph_replay_ms_norm_kernel"] = ms
 
     # per-kernel device time of one eager decode step at batch 1
     from torch.profiler import ProfilerActivity, profile

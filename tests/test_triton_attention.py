@@ -221,6 +221,42 @@ def test_gemv_matches_linear(dtype, K):
     assert rel_err(fused.linear(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE)), ref) < FUSED_TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [96, 4100])  # one input tile (masked), and several: the rms over all of them
+def test_deferred_rmsnorm_through_the_gemv(dtype, K, monkeypatch):
+    """An RMSNorm that feeds a packed GEMM leaves its work to the GEMV: the GEMV's output and the
+    new residual stream equal the separate norm kernel followed by the GEMV."""
+    from openqwen.layers import attention
+
+    monkeypatch.setattr(fused, "GEMV_ON_CPU", True)
+    monkeypatch.setattr(attention, "_TRITON_ON_CPU", True)  # RMSNorm takes its fast path on CPU tensors
+    gen = torch.Generator().manual_seed(7)
+    N = 37
+    norm = RMSNorm(K, 1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(K, generator=gen))
+    norm = norm.to(dtype).to(DEVICE)
+    w = (torch.randn(N, K, generator=gen) / 16).to(dtype).to(DEVICE)
+    norm.feeds_gemv = True
+    for M, with_residual in ((1, False), (1, True), (fused.NORM_IN_GEMV_MAX_M, True)):
+        x = torch.randn(M, K, generator=gen).to(dtype).to(DEVICE)
+        r = torch.randn(M, K, generator=gen).to(dtype).to(DEVICE) if with_residual else None
+        with torch.no_grad():
+            ref_in, ref_r = fused_ops.rmsnorm(x, norm.weight, norm.eps, r) if with_residual else (
+                fused_ops.rmsnorm(x, norm.weight, norm.eps), None)
+            ref = fused.gemv(ref_in, w)
+            out = norm(x, r) if with_residual else norm(x)
+            deferred, new_r = out if with_residual else (out, None)
+            assert isinstance(deferred, fused.DeferredRMSNorm) and deferred.shape == x.shape
+            y = fused.linear(deferred, w)
+        assert rel_err(y, ref) < FUSED_TOL[dtype]
+        if with_residual:
+            assert torch.equal(new_r, ref_r)
+    with torch.no_grad():  # more rows: the norm runs as its own kernel
+        x = torch.randn(fused.NORM_IN_GEMV_MAX_M + 1, K, generator=gen).to(dtype).to(DEVICE)
+        assert isinstance(norm(x), torch.Tensor)
+
+
 def test_gumbel_argmax_sampler_kernel():
     """Greedy rows (T = 0) give the argmax across vocabulary parts; sampled rows follow
     softmax(x / T); the same key gives the same draw."""

@@ -7,7 +7,8 @@ weight reads against ~5 ms for an unfused step), so each layer is cut to about t
     gate_up GEMM | SiLU*mul | down GEMM
 
 This module holds the norm, RoPE and SiLU*mul ones (`fused` the GEMMs, `triton_attention` the
-rest). They round to the model dtype at the same points as the eager PyTorch code they replace
+rest). At decode batch sizes fewer run: the GEMVs in `fused` take SiLU*mul into their loads, and
+at one or two rows the add+RMSNorm as well. They round to the model dtype at the same points as the eager PyTorch code they replace
 (which computes each op in fp32 and rounds its result), so the CUDA path computes the same function
 as the CPU path, op for op. The layers call them only for CUDA tensors and import this module
 lazily, so a CPU install needs no Triton.
