@@ -3,8 +3,8 @@
 Run as a script by tests/test_triton_compile.py (in its own process: @triton.jit must not be in
 interpreter mode). A stand-in Triton driver reports an sm_90 device, and every kernel launch stops
 once Triton's compiler (with the ptxas its wheel ships) has built the cubin. The launches come from
-the real code: decode and prefill forwards of Qwen3- and Qwen2.5-shaped layers through the fast
-path, on CPU tensors whose contents are never computed, plus the sampler. Prints one JSON object:
+the real code: decode and prefill forwards of Qwen3-, Qwen2.5- and odd-shaped layers through the
+fast path, on CPU tensors whose contents are never computed, plus the sampler. Prints one JSON object:
 {"kernels": {name: {"variants": n, "pdl_asked": launched with PDL=True, "pdl": its PTX waits on
 the grid dependency, "local_bytes": the most local memory a variant uses}}}.
 """
@@ -131,11 +131,13 @@ def main() -> None:
     for module in list(sys.modules.values()):  # PDL as on an H100 (use_pdl tests the tensor's device)
         if getattr(module, "use_pdl", None) is device_test:
             module.use_pdl = lambda t: True
-    # Qwen3-0.6B's layer shapes (q/k norms, no biases), then Qwen2.5-0.5B's (q/k/v biases, head_dim 64)
+    # Qwen3-0.6B's layer shapes (q/k norms, no biases), Qwen2.5-0.5B's (q/k/v biases, head_dim 64),
+    # and a head_dim of 80, which the fused RoPE kernel does not take (RoPE and cache write apart)
     forward_steps("qwen3", hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
                   num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=True)
     forward_steps("qwen2", hidden_size=896, intermediate_size=4864, num_attention_heads=14,
                   num_key_value_heads=2, qkv_bias=True)
+    forward_steps("qwen2", hidden_size=640, intermediate_size=1792, num_attention_heads=8, num_key_value_heads=2)
     print(json.dumps({"kernels": {name: {**entry, "variants": len(entry["variants"])}
                                   for name, entry in sorted(record.items())}}))
 

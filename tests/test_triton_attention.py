@@ -184,12 +184,24 @@ def test_qk_norm_rope_in_place(dtype, with_norm):
             with torch.no_grad():
                 n.weight.copy_(torch.randn(d, generator=gen))
         norms = tuple(n.to(dtype).to(DEVICE) for n in norms)
+    v = qkv[:, (H + Hkv) * d:].view(T, Hkv, d)
+    v_before = v.clone()
+    # with the cache write: slot -1 (a padded CUDA-graph row) writes nothing
+    k_cache = torch.full((3, 4, Hkv, d), 7.0, dtype=dtype, device=DEVICE)
+    v_cache = k_cache.clone()
+    slots = torch.tensor([5, -1, 0], device=DEVICE)
     with torch.no_grad():
         rq, rk = (norms[0](q), norms[1](k)) if with_norm else (q, k)
         rq, rk = apply_rotary(rq, cos, sin), apply_rotary(rk, cos, sin)
-        fused_ops.qk_norm_rope(q, k, cos, sin, *norms)
+        fused_ops.qk_norm_rope(q, k, cos, sin, *norms, kv_cache=(v, k_cache, v_cache, slots))
     assert rel_err(q, rq) < FUSED_TOL[dtype] and rel_err(k, rk) < FUSED_TOL[dtype]
-    assert torch.equal(qkv[:, (H + Hkv) * d:], qkv[:, (H + Hkv) * d:])  # v untouched (trivially) and no crash
+    assert torch.equal(v, v_before)
+    flat_k, flat_v = k_cache.view(-1, Hkv, d), v_cache.view(-1, Hkv, d)
+    for t, slot in enumerate(slots.tolist()):
+        if slot >= 0:
+            assert torch.equal(flat_k[slot], k[t]) and torch.equal(flat_v[slot], v[t])
+    untouched = [s for s in range(flat_k.shape[0]) if s not in slots.tolist()]
+    assert (flat_k[untouched] == 7).all() and (flat_v[untouched] == 7).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,12 +5,14 @@ a flat batch of sequences: sequence i contributes `query_lens[i]` new tokens who
 last ones of its `context_lens[i]` cached tokens. Decode is the case query_len == 1.
 
 The KV cache of a layer is two tensors [num_blocks, block_size, kv_heads, head_dim]; a token's
-slot is block_id * block_size + offset. This module writes the new keys/values into their slots,
-then attends each query to its sequence's context (causal within the new tokens).
+slot is block_id * block_size + offset. This module applies the rotary embeddings to the new
+queries and keys, writes the new keys/values into their slots, then attends each query to its
+sequence's context (causal within the new tokens).
 
-On CUDA (with Triton installed) the same steps run as Triton kernels (`triton_attention`): a fused
-cache store, paged decode attention and variable-length paged prefill attention; they read only
-device tensors, so a decode step can be captured in a CUDA graph. The CPU path is plain PyTorch.
+On CUDA (with Triton installed) the same steps run as Triton kernels: RoPE and the cache store in
+one (`fused_ops.qk_norm_rope`), paged decode attention and variable-length paged prefill attention
+(`triton_attention`); they read only device tensors, so a decode step can be captured in a CUDA
+graph. The CPU path is plain PyTorch.
 """
 
 from __future__ import annotations
@@ -63,11 +65,18 @@ class Attention(nn.Module):
         self.k_cache = torch.empty(0)  # set by the model runner
         self.v_cache = torch.empty(0)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        """q [T, H, d], k/v [T, Hkv, d] -> [T, H*d]."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
+                rope: tuple[torch.Tensor, torch.Tensor], q_norm: nn.Module | None = None,
+                k_norm: nn.Module | None = None) -> torch.Tensor:
+        """q [T, H, d], k/v [T, Hkv, d] -> [T, H*d]. Rotary embeddings first (`rope`: cos, sin
+        [T, d]; after Qwen3's per-head q/k norms when given): on CUDA they share a kernel with
+        the cache write."""
+        from .rope import apply_rotary_qk  # here: rope.py imports this module
+
         use_cache = ctx.slot_mapping is not None and self.k_cache.numel() > 0
         if use_cache and fast_path(q):
-            return self._forward_triton(q, k, v, ctx)
+            return self._forward_triton(q, k, v, ctx, rope, q_norm, k_norm)
+        q, k = apply_rotary_qk(q, k, rope, q_norm, k_norm)
         if use_cache:
             self.k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, k)
             self.v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, v)
@@ -77,10 +86,19 @@ class Attention(nn.Module):
             out = self._prefill(q, k, v, ctx)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
 
-    def _forward_triton(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    def _forward_triton(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
+                        rope: tuple[torch.Tensor, torch.Tensor], q_norm: nn.Module | None,
+                        k_norm: nn.Module | None) -> torch.Tensor:
         from . import triton_attention as ta
+        from .rope import apply_rotary_qk, rope_kernel_fits
 
-        ta.store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
+        if rope_kernel_fits(q, k):
+            from .fused_ops import qk_norm_rope
+
+            qk_norm_rope(q, k, *rope, q_norm, k_norm, kv_cache=(v, self.k_cache, self.v_cache, ctx.slot_mapping))
+        else:
+            q, k = apply_rotary_qk(q, k, rope, q_norm, k_norm)
+            ta.store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
         if ctx.decode_only:
             out = ta.decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.context_lens, self.scale,
                                       ctx.decode_splits)

@@ -7,8 +7,9 @@ weight reads against ~5 ms for an unfused step), so each layer is cut to about t
     gate_up GEMM | SiLU*mul | down GEMM
 
 This module holds the norm, RoPE and SiLU*mul ones (`fused` the GEMMs, `triton_attention` the
-rest). At decode batch sizes fewer run: the GEMVs in `fused` take SiLU*mul into their loads, and
-at one or two rows the add+RMSNorm as well. They round to the model dtype at the same points as the eager PyTorch code they replace
+rest). Fewer run than listed: the RoPE kernel also does the KV store, and at decode batch sizes the
+GEMVs in `fused` take SiLU*mul into their loads, and at one or two rows the add+RMSNorm as well:
+six kernels a layer at batch 1. They round to the model dtype at the same points as the eager PyTorch code they replace
 (which computes each op in fp32 and rounds its result), so the CUDA path computes the same function
 as the CPU path, op for op. The layers call them only for CUDA tensors and import this module
 lazily, so a CPU install needs no Triton.
@@ -62,10 +63,11 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
     return y if residual is None else (y, r_out)
 
 
-# -- Qwen3 q/k RMSNorm + rotary embedding, in place --------------------------------------------------
+# -- Qwen3 q/k RMSNorm + rotary embedding, in place; optionally the KV cache write --------------------
 @triton.jit
 def _norm_rope_heads(X, W, Cos, Sin, t, stride_t, stride_h, eps,
                      NUM_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Token t's heads of X, normalized (HAS_NORM) and rotated, written back; returns the two halves."""
     heads = tl.arange(0, BLOCK_H)
     offs = tl.arange(0, HALF)
     mask = heads[:, None] < NUM_HEADS
@@ -88,27 +90,44 @@ def _norm_rope_heads(X, W, Cos, Sin, t, stride_t, stride_h, eps,
     y2 = ((b * c).to(x1.dtype).to(tl.float32) + (a * s).to(x1.dtype).to(tl.float32)).to(x1.dtype)
     tl.store(ptr, y1, mask=mask)
     tl.store(ptr + HALF, y2, mask=mask)
+    return y1, y2
 
 
 @triton.jit
 def _qk_norm_rope_kernel(
-    Q, K, Cos, Sin, Wq, Wk, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st, eps,
+    Q, K, V, Cos, Sin, Wq, Wk, K_cache, V_cache, Slots,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_st, eps,
     HQ: tl.constexpr, HK: tl.constexpr, BLOCK_H: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr,
-    PDL: tl.constexpr,
+    STORE: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_start(PDL)
     t = tl.program_id(0).to(tl.int64)
     cos, sin = Cos + t * stride_ct, Sin + t * stride_st
     if tl.program_id(1) == 0:  # the query heads
         _norm_rope_heads(Q, Wq, cos, sin, t, stride_qt, stride_qh, eps, HQ, BLOCK_H, HALF, HAS_NORM)
-    else:  # the key heads
-        _norm_rope_heads(K, Wk, cos, sin, t, stride_kt, stride_kh, eps, HK, BLOCK_H, HALF, HAS_NORM)
+    else:  # the key heads, and with STORE the token's keys and values into its cache slot (-1: none)
+        k1, k2 = _norm_rope_heads(K, Wk, cos, sin, t, stride_kt, stride_kh, eps, HK, BLOCK_H, HALF, HAS_NORM)
+        if STORE:
+            slot = tl.load(Slots + t).to(tl.int64)
+            heads = tl.arange(0, BLOCK_H)[:, None]
+            offs = tl.arange(0, HALF)[None, :]
+            mask = (heads < HK) & (slot >= 0)
+            row = slot * (HK * 2 * HALF) + heads * (2 * HALF) + offs  # cache [blocks, page, Hkv, d], contiguous
+            tl.store(K_cache + row, k1, mask=mask)
+            tl.store(K_cache + row + HALF, k2, mask=mask)
+            v = V + t * stride_vt + heads * stride_vh + offs
+            tl.store(V_cache + row, tl.load(v, mask=mask), mask=mask)
+            tl.store(V_cache + row + HALF, tl.load(v + HALF, mask=mask), mask=mask)
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
+                 kv_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """In place: q [T, H, d], k [T, Hkv, d] (head rows contiguous); cos/sin [T, d]. Optional
-    per-head RMSNorm modules (weight [d], eps) before the rotation."""
+    per-head RMSNorm modules (weight [d], eps) before the rotation. With `kv_cache` = (v, k_cache,
+    v_cache, slot_mapping) the same kernel also writes the rotated keys and v into the cache rows
+    `slot_mapping` (what `triton_attention.store_kv` does), one kernel fewer per layer."""
     T, hq, d = q.shape
     hk = k.shape[1]
     assert q.stride(2) == 1 and k.stride(2) == 1 and cos.stride(1) == 1 and sin.stride(1) == 1 and d % 2 == 0
@@ -120,11 +139,17 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     eps = q_norm.eps if has_norm else 0.0
     half = d // 2
     assert half == triton.next_power_of_2(half), "head_dim must be a power of two on the fused path"
+    if kv_cache is not None:
+        v, k_cache, v_cache, slots = kv_cache
+        assert v.stride(2) == 1 and k_cache.is_contiguous() and v_cache.is_contiguous()
+    else:
+        v, k_cache, v_cache, slots = k, k, k, cos  # unused
     pdl = use_pdl(q)
     _qk_norm_rope_kernel[(T, 2)](
-        q, k, cos, sin, wq, wk, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0), eps,
-        HQ=hq, HK=hk, BLOCK_H=triton.next_power_of_2(max(hq, hk)), HALF=half, HAS_NORM=has_norm, PDL=pdl,
-        num_warps=4 if hq * d >= 2048 else 1, **launch_options(pdl),
+        q, k, v, cos, sin, wq, wk, k_cache, v_cache, slots, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), cos.stride(0), sin.stride(0), eps,
+        HQ=hq, HK=hk, BLOCK_H=triton.next_power_of_2(max(hq, hk)), HALF=half, HAS_NORM=has_norm,
+        STORE=kv_cache is not None, PDL=pdl, num_warps=4 if hq * d >= 2048 else 1, **launch_options(pdl),
     )
     return q, k
 

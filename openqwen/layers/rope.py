@@ -88,13 +88,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+def rope_kernel_fits(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether q and k go through the fused CUDA kernel (`fused_ops.qk_norm_rope`)."""
+    d = q.shape[-1]
+    return fast_path(q) and d % 2 == 0 and (d // 2) & (d // 2 - 1) == 0 and q.stride(-1) == 1 and k.stride(-1) == 1
+
+
 def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                     q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Optional per-head RMSNorm of q and k (Qwen3), then RoPE on both: q [T, H, d], k [T, Hkv, d].
     On CUDA one fused kernel rotates q and k in place."""
     cos, sin = rope
-    d = q.shape[-1]
-    if fast_path(q) and d % 2 == 0 and (d // 2) & (d // 2 - 1) == 0 and q.stride(-1) == 1 and k.stride(-1) == 1:
+    if rope_kernel_fits(q, k):
         from .fused_ops import qk_norm_rope
 
         return qk_norm_rope(q, k, cos, sin, q_norm, k_norm)

@@ -5,7 +5,8 @@ token p of a sequence lives in block `block_table[p // block_size]` at row `p % 
 
 Three kernels:
   * `store_kv`: the new tokens' K/V rows into their cache slots (slot -1: skip, used by padded
-    CUDA-graph rows).
+    CUDA-graph rows), for head sizes the RoPE kernel does not take; otherwise that kernel
+    (`fused_ops.qk_norm_rope`) writes the cache as it rotates.
   * `decode_attention`: one query per sequence. One program per (sequence, KV head, split) handles
     the whole query group of that KV head, so each cached K/V row is read once per group (GQA).
     Long contexts can be split across programs (split-K, "flash decoding") when the batch alone

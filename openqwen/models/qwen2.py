@@ -13,7 +13,7 @@ from ..config import ModelArgs
 from ..layers.attention import Attention, AttentionContext
 from ..layers.mlp import SwiGLU
 from ..layers.norm import RMSNorm
-from ..layers.rope import RotaryEmbedding, apply_rotary_qk
+from ..layers.rope import RotaryEmbedding
 
 
 class Qwen2Attention(nn.Module):
@@ -41,8 +41,7 @@ class Qwen2Attention(nn.Module):
         q = q.view(T, self.num_heads, self.head_dim)
         k = k.view(T, self.num_kv_heads, self.head_dim)
         v = v.view(T, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary_qk(q, k, rope, *self.qk_norms())
-        return self.o_proj(self.attn(q, k, v, ctx))
+        return self.o_proj(self.attn(q, k, v, ctx, rope, *self.qk_norms()))
 
 
 class Qwen2DecoderLayer(nn.Module):
