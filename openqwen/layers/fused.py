@@ -5,13 +5,13 @@ into one matrix each, and the original `nn.Linear` weights become views of it, s
 `state_dict()` and memory use are unchanged while one GEMM replaces three (or two): at batch 1 a
 decode step is bound by how many kernels run (see `fused_ops` for the rest of the per-layer cut).
 
-The GEMMs go through `linear`: at decode batch sizes (up to GEMV_MAX_M rows) a Triton GEMV, with
-the SwiGLU activation fused into its loads and launched with PDL (`pdl`); larger batches use
-cuBLAS. At one or two rows the decoder layer's add+RMSNorm moves into the GEMV that reads it too
-(`DeferredRMSNorm`): two kernels fewer per layer. Measured on an H100 at M = 1 for the Qwen3-0.6B shapes, in a CUDA graph: 4.0 / 2.6 / 5.2 /
-3.4 us for qkv / o / gate_up / down against cuBLAS's 5.7 / 5.8 / 7.1 / 6.9 us, and 102 us against
-112 us for the 151936-row output head. The model runner imports this module lazily, on the fast
-path only, so a CPU install needs no Triton.
+The GEMMs go through `linear`: at decode batch sizes (up to GEMV_MAX_M rows) a Triton GEMV, with the
+SwiGLU activation fused into its loads and launched with PDL (`pdl`); larger batches use cuBLAS. At
+one or two rows the decoder layer's add+RMSNorm moves into the GEMV that reads it too
+(`DeferredRMSNorm`): two kernels fewer per layer. Measured on an H100 at M = 1 for the Qwen3-0.6B
+shapes, in a CUDA graph: 4.0 / 2.6 / 5.2 / 3.4 us for qkv / o / gate_up / down against cuBLAS's
+5.7 / 5.8 / 7.1 / 6.9 us, and 102 us against 112 us for the 151936-row output head. The model runner
+imports this module lazily, on the fast path only, so a CPU install needs no Triton.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def _inverse_rms(X, R, R_out, stride_xm, stride_rm, stride_om, K, eps,
             mask = ks < K
             x = tl.load(X + m * stride_xm + ks, mask=mask, other=0.0)
             if HAS_RESIDUAL:
-                x = (x.to(tl.float32) + tl.load(R + m * stride_rm + ks, mask=mask, other=0.0).to(tl.float32)).to(x.dtype)
+                r = tl.load(R + m * stride_rm + ks, mask=mask, other=0.0)
+                x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
                 tl.store(R_out + m * stride_om + ks, x, mask=mask & first)
             squares += x.to(tl.float32) * x.to(tl.float32)
         inv = tl.where(m_ids == m, tl.rsqrt(tl.sum(squares, 0) / K + eps), inv)
@@ -150,7 +151,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     block_k = min(triton.next_power_of_2(K), 4096)
     block_n = max(1, GEMV_TILE // block_k)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    residual = norm.residual if norm is not None and norm.residual is not None else None
+    residual = norm.residual if norm is not None else None
     r_in, r_out = (residual, norm.residual_out) if residual is not None else (x, x)
     pdl = use_pdl(x)
     _gemv_kernel[(triton.cdiv(N, block_n),)](

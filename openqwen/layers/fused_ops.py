@@ -6,13 +6,13 @@ weight reads against ~5 ms for an unfused step), so each layer is cut to about t
     add+RMSNorm | qkv GEMM | q/k-norm+RoPE | KV store | attention | o GEMM | add+RMSNorm |
     gate_up GEMM | SiLU*mul | down GEMM
 
-This module holds the norm, RoPE and SiLU*mul ones (`fused` the GEMMs, `triton_attention` the
-rest). Fewer run than listed: the RoPE kernel also does the KV store, and at decode batch sizes the
-GEMVs in `fused` take SiLU*mul into their loads, and at one or two rows the add+RMSNorm as well:
-six kernels a layer at batch 1. They round to the model dtype at the same points as the eager PyTorch code they replace
-(which computes each op in fp32 and rounds its result), so the CUDA path computes the same function
-as the CPU path, op for op. The layers call them only for CUDA tensors and import this module
-lazily, so a CPU install needs no Triton.
+This module holds the norm, RoPE and SiLU*mul ones (`fused` the GEMMs, `triton_attention` the rest).
+Fewer run than listed: the RoPE kernel also does the KV store, and at decode batch sizes the GEMVs
+in `fused` take SiLU*mul into their loads, and at one or two rows the add+RMSNorm as well: six
+kernels a layer at batch 1. They round to the model dtype at the same points as the eager PyTorch
+code they replace (which computes each op in fp32 and rounds its result), so the CUDA path computes
+the same function as the CPU path, op for op. The layers call them only for CUDA tensors and import
+this module lazily, so a CPU install needs no Triton.
 """
 
 from __future__ import annotations
