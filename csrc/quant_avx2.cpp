@@ -121,49 +121,68 @@ OQ_AVX2 inline void prefetch_ahead(const uint8_t* p, int bytes) {
     }
 }
 
-// Weight bytes q of block b + i (B's quants) against activation rows t0 .. t0 + TT; scale[u][i] is
-// the product of the two block scales.
-template <class B, int TT>
-OQ_AVX2_INLINE void dot_block(__m256i q, int i, const QAct& x, int64_t t0, int64_t b,
-                              const float (*scale)[8], __m256 (*acc)[TT]) {
+// Weight bytes q of block b + I (B's quants) against activation rows t0 .. t0 + TT, with xq[u]
+// the row t0 + u activations of block b and scale[u][I] the product of the two block scales. The
+// block index is a template argument so that accumulator and scale indices are constants: GCC
+// then keeps the accumulators in registers and reads each scale at a fixed stack offset (with a
+// runtime index it kept both arrays in memory and their addresses in spilled registers: 17% more
+// instructions per block for Q5_0 at one activation row).
+template <class B, int TT, int I>
+OQ_AVX2_INLINE void dot_block(__m256i q, const int8_t* const* xq, const float (*scale)[8], __m256 (*acc)[TT]) {
     // maddubs wants unsigned x signed bytes: move Q8_0's sign onto the activations.
     const __m256i qa = B::kSigned ? _mm256_sign_epi8(q, q) : q;
     for (int u = 0; u < TT; ++u) {
-        const int8_t* xq = x.q + (t0 + u) * x.K + (b + i) * kQK;
-        __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+        __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[u] + I * kQK));
         if (B::kSigned) xv = _mm256_sign_epi8(xv, q);
         const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, xv), _mm256_set1_epi16(1));
-        __m256& s = acc[i % kChains<TT>][u];
-        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[u][i]), s);
+        __m256& s = acc[I % kChains<TT>][u];
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&scale[u][I]), s);
+    }
+}
+
+// What a group of up to 8 blocks needs from the activations: per row, the pointer to its int8
+// values at the group's first block and the group's 8 products of weight and activation scales;
+// the offset or min corrections go to corr. `a` holds the group's weight scales (zero past count).
+template <class B, int TT>
+struct GroupActs {
+    alignas(32) float scale[TT][8];
+    const int8_t* xq[TT];
+
+    OQ_AVX2_INLINE GroupActs(const QAct& x, int64_t nb, int64_t t0, int64_t b, __m256 a, __m256 mins, __m256* corr) {
+        for (int u = 0; u < TT; ++u) {
+            const int64_t g = (t0 + u) * nb + b;  // x.d / x.ds may be read past the row: padded, finite
+            xq[u] = x.q + g * kQK;
+            _mm256_store_ps(scale[u], _mm256_mul_ps(a, _mm256_loadu_ps(x.d + g)));
+            if (B::kMin) {
+                corr[u] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(x.ds + g), corr[u]);
+            } else if (B::kZero != 0.0f) {
+                corr[u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x.ds + g), corr[u]);
+            }
+        }
+    }
+};
+
+// Blocks I .. count of a group in GGUF layout.
+template <class B, int TT, int I = 0>
+OQ_AVX2_INLINE void dot_blocks(const uint8_t* blk, int count, const GroupActs<B, TT>& g, __m256 (*acc)[TT]) {
+    if constexpr (I < 8) {
+        if (I == count) return;
+        dot_block<B, TT, I>(B::quants(blk + I * B::kBytes), g.xq, g.scale, acc);
+        dot_blocks<B, TT, I + 1>(blk, count, g, acc);
     }
 }
 
 // Blocks b .. b + count (count <= 8) of one weight row against activation rows t0 .. t0 + TT.
 // Scales are handled 8 blocks at a time in vectors; each block then costs one broadcast load.
-// The block loop always unrolls to 8 so that accumulator indices are constants (a runtime index
-// would force the accumulators out of registers).
 template <class B, int TT>
-OQ_AVX2_INLINE void group_32(const uint8_t* row, const QAct& x, int64_t t0, int64_t b, int count,
+OQ_AVX2_INLINE void group_32(const uint8_t* row, const QAct& x, int64_t nb, int64_t t0, int64_t b, int count,
                              __m256 (*acc)[TT], __m256* corr) {
-    const int64_t nb = x.K / kQK;
     const uint8_t* blk = row + b * B::kBytes;
     prefetch_ahead(blk, 8 * B::kBytes);
     const __m256 a = gather_fp16(blk, B::kBytes, count);
-    alignas(32) float scale[TT][8];
-    for (int u = 0; u < TT; ++u) {
-        const int64_t g = (t0 + u) * nb + b;  // x.d / x.ds may be read past the row: padded, finite
-        _mm256_store_ps(scale[u], _mm256_mul_ps(a, _mm256_loadu_ps(x.d + g)));
-        if (B::kMin) {
-            const __m256 mins = gather_fp16(blk + 2, B::kBytes, count);
-            corr[u] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(x.ds + g), corr[u]);
-        } else if (B::kZero != 0.0f) {
-            corr[u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x.ds + g), corr[u]);
-        }
-    }
-    for (int i = 0; i < 8; ++i) {
-        if (i == count) break;
-        dot_block<B, TT>(B::quants(blk + i * B::kBytes), i, x, t0, b, scale, acc);
-    }
+    const __m256 mins = B::kMin ? gather_fp16(blk + 2, B::kBytes, count) : _mm256_setzero_ps();
+    const GroupActs<B, TT> g(x, nb, t0, b, a, mins, corr);
+    dot_blocks<B, TT>(blk, count, g, acc);
 }
 
 // One weight row against activation rows t0 .. t0 + TT; results go to y[u * ldy]. Group runs 8
@@ -179,12 +198,43 @@ OQ_AVX2_INLINE void row_32(const uint8_t* row, const QAct& x, int64_t t0, float*
         corr[u] = _mm256_setzero_ps();
     }
     int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) Group(row, x, t0, b, 8, acc, corr);
-    if (b < nb) Group(row, x, t0, b, static_cast<int>(nb - b), acc, corr);
+    for (; b + 8 <= nb; b += 8) Group(row, x, nb, t0, b, 8, acc, corr);
+    if (b < nb) Group(row, x, nb, t0, b, static_cast<int>(nb - b), acc, corr);
     for (int u = 0; u < TT; ++u) {
         for (int c = 1; c < kC; ++c) acc[0][u] = _mm256_add_ps(acc[0][u], acc[c][u]);
         const float c = B::kMin ? hsum(corr[u]) : B::kZero * hsum(corr[u]);
         y[u * ldy] = hsum(acc[0][u]) + c;
+    }
+}
+
+// Pairs I, I + 1, ... of a Q5_0_PAIRS group (see group_q5_0_pairs), and its odd last block.
+template <int TT, int I = 0>
+OQ_AVX2_INLINE void dot_pairs(const uint8_t* fifth, const uint8_t* nib, int count, const GroupActs<BlockQ5_0, TT>& g,
+                              __m256 (*acc)[TT]) {
+    if constexpr (I < 8) {
+        if (I + 1 >= count) {
+            if (I < count) {  // the group's last block, stored as a GGUF block without its scale
+                dot_block<BlockQ5_0, TT, I>(BlockQ5_0::quants(nib + 16 * I - 2), g.xq, g.scale, acc);
+            }
+            return;
+        }
+        // Byte j of lane l of the first block tests bit 2l + j / 8 of fifth-bit byte j % 8, giving
+        // 0, 1, 2, 4 or 8, which a table maps to 0 or 0x10; the second block tests bits 4-7 of the
+        // same bytes, and min() maps those results (0, 16, ..., 128) to 0 or 0x10.
+        const __m256i m4 = _mm256_set1_epi8(15);
+        const __m256i sel0 = _mm256_setr_epi64x(0x0101010101010101, 0x0202020202020202, 0x0404040404040404,
+                                                0x0808080808080808);
+        const __m256i sel1 = _mm256_slli_epi16(sel0, 4);
+        const __m256i bit4 = _mm256_setr_epi8(0, 16, 16, 0, 16, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0,  //
+                                              0, 16, 16, 0, 16, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 16 * I));
+        const __m256i h = _mm256_set1_epi64x(static_cast<int64_t>(load_u64(fifth + 4 * I)));
+        const __m256i f0 = _mm256_shuffle_epi8(bit4, _mm256_and_si256(h, sel0));
+        const __m256i f1 = _mm256_min_epu8(_mm256_and_si256(h, sel1), _mm256_set1_epi8(0x10));
+        dot_block<BlockQ5_0, TT, I>(_mm256_or_si256(_mm256_and_si256(v, m4), f0), g.xq, g.scale, acc);
+        dot_block<BlockQ5_0, TT, I + 1>(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), f1), g.xq,
+                                        g.scale, acc);
+        dot_pairs<TT, I + 2>(fifth, nib, count, g, acc);
     }
 }
 
@@ -193,45 +243,17 @@ OQ_AVX2_INLINE void row_32(const uint8_t* row, const QAct& x, int64_t t0, float*
 // (row_32<BlockQ5_0> spends two and five per block). Blocks, chains and the order of every
 // operation on the accumulators are those of row_32<BlockQ5_0>, so results are bit-identical.
 template <int TT>
-OQ_AVX2_INLINE void group_q5_0_pairs(const uint8_t* row, const QAct& x, int64_t t0, int64_t b, int count,
+OQ_AVX2_INLINE void group_q5_0_pairs(const uint8_t* row, const QAct& x, int64_t nb, int64_t t0, int64_t b, int count,
                                      __m256 (*acc)[TT], __m256* corr) {
-    const int64_t nb = x.K / kQK;
     const uint8_t* grp = row + b * BlockQ5_0::kBytes;
     prefetch_ahead(grp, 8 * BlockQ5_0::kBytes);
     // The 8 scales, and for a shorter group zeros after its count (the 16 bytes are the group's own)
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 a = _mm256_and_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp))),
                                    _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane)));
-    alignas(32) float scale[TT][8];
-    for (int u = 0; u < TT; ++u) {
-        const int64_t g = (t0 + u) * nb + b;  // x.d / x.ds may be read past the row: padded, finite
-        _mm256_store_ps(scale[u], _mm256_mul_ps(a, _mm256_loadu_ps(x.d + g)));
-        corr[u] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x.ds + g), corr[u]);
-    }
+    const GroupActs<BlockQ5_0, TT> g(x, nb, t0, b, a, _mm256_setzero_ps(), corr);
     const uint8_t* fifth = grp + 2 * count;
-    const uint8_t* nib = fifth + 8 * (count / 2);
-    const __m256i m4 = _mm256_set1_epi8(15);
-    // Byte j of lane l of the first block tests bit 2l + j / 8 of fifth-bit byte j % 8, giving
-    // 0, 1, 2, 4 or 8, which a table maps to 0 or 0x10; the second block tests bits 4-7 of the
-    // same bytes, and min() maps those results (0, 16, ..., 128) to 0 or 0x10.
-    const __m256i sel0 = _mm256_setr_epi64x(0x0101010101010101, 0x0202020202020202, 0x0404040404040404,
-                                            0x0808080808080808);
-    const __m256i sel1 = _mm256_slli_epi16(sel0, 4);
-    const __m256i bit4 = _mm256_setr_epi8(0, 16, 16, 0, 16, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0,  //
-                                          0, 16, 16, 0, 16, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0);
-    for (int i = 0; i < 8; i += 2) {
-        if (i + 1 >= count) break;
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 16 * i));
-        const __m256i h = _mm256_set1_epi64x(static_cast<int64_t>(load_u64(fifth + 4 * i)));
-        const __m256i f0 = _mm256_shuffle_epi8(bit4, _mm256_and_si256(h, sel0));
-        const __m256i f1 = _mm256_min_epu8(_mm256_and_si256(h, sel1), _mm256_set1_epi8(0x10));
-        dot_block<BlockQ5_0, TT>(_mm256_or_si256(_mm256_and_si256(v, m4), f0), i, x, t0, b, scale, acc);
-        dot_block<BlockQ5_0, TT>(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), f1), i + 1, x, t0, b,
-                      scale, acc);
-    }
-    if (count % 2 != 0) {  // the group's last block, stored as a GGUF block without its scale
-        dot_block<BlockQ5_0, TT>(BlockQ5_0::quants(nib + 16 * (count - 1) - 2), count - 1, x, t0, b, scale, acc);
-    }
+    dot_pairs<TT>(fifth, fifth + 8 * (count / 2), count, g, acc);
 }
 
 // Eight 6-bit scales and mins of a Q4_K/Q5_K super-block as two little-endian byte vectors.
