@@ -142,7 +142,8 @@ OQ_AVX2_INLINE void dot_block(__m256i q, const int8_t* const* xq, const float (*
 
 // What a group of up to 8 blocks needs from the activations: per row, the pointer to its int8
 // values at the group's first block and the group's 8 products of weight and activation scales;
-// the offset or min corrections go to corr. `a` holds the group's weight scales (zero past count).
+// the offset or min corrections go to corr. `a` holds the group's weight scales (zero past count),
+// `mins` its Q4_1/Q5_1 mins.
 template <class B, int TT>
 struct GroupActs {
     alignas(32) float scale[TT][8];
@@ -162,7 +163,7 @@ struct GroupActs {
     }
 };
 
-// Blocks I .. count of a group in GGUF layout.
+// Blocks I .. count - 1 of a group in GGUF layout.
 template <class B, int TT, int I = 0>
 OQ_AVX2_INLINE void dot_blocks(const uint8_t* blk, int count, const GroupActs<B, TT>& g, __m256 (*acc)[TT]) {
     if constexpr (I < 8) {
