@@ -3,7 +3,7 @@
   (b) batch-1 decode, 128 prompt tokens / 256 new      (openqwen, transformers, llama-cpp-python),
       plus openqwen and llama-cpp-python taking turns in one process (in each of several fresh
       processes), for a robust ratio
-  (c) time to first token for a 2,000-token prompt      (same three)
+  (c) time to first token for a 2,000-token prompt      (same three), also taking turns in one process
   (a) a scaled-down nano-vllm workload: random lengths, ignore_eos, temperature 0.6
       (openqwen's continuous batching vs transformers generate() in padded batches)
   accuracy of the quantized CPU path: perplexity on a fixed text and KL to the fp32-dequantized model
@@ -91,6 +91,52 @@ def decode_rounds_in_processes(model: str, processes: int = 3, rounds: int = 4) 
     pairs = [pair for run in runs for pair in run["pairs_tok_s"]]
     return {"pairs_tok_s": pairs, "process_median_ratios": [run["median_ratio"] for run in runs],
             "median_ratio": _median([a / b for a, b in pairs])}
+
+
+def ttft_rounds(model: str, rounds: int = 3, prompt_tokens: int = 2000) -> dict:
+    """Time to first token of the three runtimes loaded in one process, taking turns prompt by
+    prompt (after one warm-up each): the table's runs, one process after another, can land in
+    different phases of this machine's speed (in one run the table gave transformers a TTFT 30%
+    below ours; taking turns right after, its TTFT was 30% above ours). No runtime reuses cached
+    prompt tokens between turns."""
+    import os
+
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    from openqwen import LLM, SamplingParams
+    from openqwen.bench import bench_prompt
+
+    prompt = bench_prompt(prompt_tokens)
+    path = Path(model)
+    ours = LLM(model, device="cpu", enable_prefix_caching=False)
+    theirs = Llama(model_path=model, n_ctx=prompt_tokens + 64, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    params = SamplingParams(temperature=0, max_tokens=1)
+    ids = torch.tensor([prompt])
+
+    def run_ours() -> None:
+        ours.generate([prompt], params)
+
+    def run_llama() -> None:
+        theirs.reset()
+        theirs(prompt, max_tokens=1, temperature=0.0)
+
+    def run_hf() -> None:
+        with torch.inference_mode():
+            hf(ids).logits[0, -1].argmax()
+
+    runs = {"openqwen": run_ours, "llama-cpp": run_llama, "transformers": run_hf}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds + 1):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            if round_ > 0:  # round 0 warms up
+                seconds[name].append(time.perf_counter() - t0)
+    return {"prompt_tokens": prompt_tokens, "seconds": seconds,
+            "median_s": {name: _median(values) for name, values in seconds.items()}}
 
 
 def throughput(model: str, requests: int, low: int, high: int) -> dict:
@@ -239,6 +285,7 @@ def main() -> None:
         results["decode_rounds"] = decode_rounds_in_processes(model)
     if "c" not in skip:
         results["ttft_2000"] = peers_table(model, 2000, 2)
+        results["ttft_rounds"] = ttft_rounds(model)
     if "a" not in skip:
         results["throughput"] = throughput(model, requests=16, low=32, high=128)
     if "acc" not in skip:
@@ -274,6 +321,12 @@ def render(r: dict) -> str:
         lines += [f"| {x['runtime']} | {x['prefill_s']:.2f} | {x['prefill_tok_s']:.0f} | {x['peak_rss_mb']:.0f} |"
                   for x in r["ttft_2000"]]
         lines.append("")
+    if "ttft_rounds" in r:
+        t = r["ttft_rounds"]
+        each = "; ".join(f"{name} {t['median_s'][name]:.2f} s ({', '.join(f'{s:.2f}' for s in values)})"
+                         for name, values in t["seconds"].items())
+        lines += [f"Taking turns in one process, {len(t['seconds']['openqwen'])} rounds after a warm-up, "
+                  f"median time to first token: {each}.\n"]
     if "throughput" in r:
         t = r["throughput"]
         lines += [f"## Throughput: {t['requests']} requests, lengths in {t['lengths']}, temperature 0.6, ignore_eos\n",
