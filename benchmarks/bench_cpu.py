@@ -36,22 +36,36 @@ def peers_table(model: str, prompt_tokens: int, new_tokens: int, peers: str = "l
     return run_bench(args)
 
 
+def _llama_cpp(model: str, n_ctx: int):
+    """llama-cpp-python on the same GGUF, one thread per core this process may use."""
+    import os
+
+    from llama_cpp import Llama
+
+    return Llama(model_path=model, n_ctx=n_ctx, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+
+
+def _transformers_fp32(model: str):
+    """transformers on the same GGUF, dequantized to fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model)
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+
 def decode_rounds(model: str, rounds: int = 6, new_tokens: int = 256) -> dict:
     """Batch-1 decode of openqwen and llama-cpp-python loaded in one process and taking turns, one
     generation each per round (128-token prompt, greedy, decode timed from the first token): this
     shared machine's speed drifts by up to 30% from minute to minute, so runs in separate processes
     a minute apart can mislead, while back-to-back turns see the same machine. Each runtime's worker
     threads idle while the other runs (ours sleep after 100 us)."""
-    import os
-
-    from llama_cpp import Llama
-
     from openqwen import LLM, SamplingParams
     from openqwen.bench import bench_prompt
 
     prompt = bench_prompt(128)
     ours = LLM(model, device="cpu", enable_prefix_caching=False)
-    theirs = Llama(model_path=model, n_ctx=1024, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+    theirs = _llama_cpp(model, n_ctx=1024)
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
 
     def run_ours() -> float:
@@ -99,20 +113,15 @@ def ttft_rounds(model: str, rounds: int = 3, prompt_tokens: int = 2000) -> dict:
     different phases of this machine's speed (in one run the table gave transformers a TTFT 30%
     below ours; taking turns right after, its TTFT was 30% above ours). No runtime reuses cached
     prompt tokens between turns."""
-    import os
-
     import torch
-    from llama_cpp import Llama
-    from transformers import AutoModelForCausalLM
 
     from openqwen import LLM, SamplingParams
     from openqwen.bench import bench_prompt
 
     prompt = bench_prompt(prompt_tokens)
-    path = Path(model)
     ours = LLM(model, device="cpu", enable_prefix_caching=False)
-    theirs = Llama(model_path=model, n_ctx=prompt_tokens + 64, n_threads=len(os.sched_getaffinity(0)), verbose=False)
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    theirs = _llama_cpp(model, n_ctx=prompt_tokens + 64)
+    hf = _transformers_fp32(model)
     params = SamplingParams(temperature=0, max_tokens=1)
     ids = torch.tensor([prompt])
 
@@ -157,10 +166,7 @@ def throughput(model: str, requests: int, low: int, high: int) -> dict:
     total = sum(len(o.outputs[0].token_ids) for o in outs)
     del llm
 
-    from transformers import AutoModelForCausalLM
-
-    path = Path(model)
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    hf = _transformers_fp32(model)
     hf.generation_config.eos_token_id = None
     batch = 8
     t0 = time.perf_counter()
