@@ -20,6 +20,17 @@ SOURCES = [
     "csrc/quant_neon.cpp",
     "csrc/thread_pool.cpp",
 ]
+HEADERS = [
+    "csrc/quant_common.h",
+    "csrc/thread_pool.h",
+    "csrc/matmul.h",
+    "csrc/decode.h",
+    "csrc/proxy_head.h",
+    "csrc/py_args.h",
+    "csrc/vec_ops.h",
+    "csrc/avx2_common.h",
+    "csrc/quant_neon_rows.inc",  # included twice by quant_neon.cpp
+]
 
 if sys.platform == "win32":
     COMPILE_ARGS = ["/std:c++20", "/O2", "/fp:precise"]
@@ -36,7 +47,7 @@ setup(
         Extension(
             "openqwen._quant_native",
             sources=SOURCES,
-            depends=["csrc/quant_common.h", "csrc/thread_pool.h", "csrc/matmul.h", "csrc/decode.h", "csrc/proxy_head.h", "csrc/py_args.h", "csrc/vec_ops.h", "csrc/avx2_common.h"],
+            depends=HEADERS,
             language="c++",
             extra_compile_args=COMPILE_ARGS,
             extra_link_args=LINK_ARGS,

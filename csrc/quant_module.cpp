@@ -183,7 +183,7 @@ PyMethodDef kMethods[] = {
      "repack(type, src_ptr, dst_ptr, N, K): Q5_0 blocks to the packed_type(Q5_0) layout"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): threads used per call"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
-    {"isa", py_isa, METH_NOARGS, "isa() -> the instruction set in use: 'avx2', 'neon' or 'scalar'"},
+    {"isa", py_isa, METH_NOARGS, "isa() -> the kernels in use: 'avx2', 'neon', 'neon-dotprod' or 'scalar'"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> bool: select an instruction set (tests)"},
     {"make_decode_plan", py_make_decode_plan, METH_VARARGS,
      "make_decode_plan(dims, eps, scale, final_norm_ptr, embedding, layers) -> plan of the native decode step"},

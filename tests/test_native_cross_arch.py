@@ -1,0 +1,84 @@
+"""The SIMD kernels of every CPU architecture we ship, checked on this one.
+
+tests/native/simd_kernels_check.cpp compares the kernel table a build selects with the portable
+scalar one, in plain C++. Here it runs natively (AVX2 on x86-64) and, cross-compiled, under
+qemu-user as AArch64 (NEON, with widening multiplies and with SDOT, the dot-product extension,
+picked at build time or at run time), so that the NEON path that Apple-silicon, Graviton and
+Raspberry Pi users get is checked on a machine that has no such CPU.
+.ci/run installs the cross compiler and qemu-user from Debian's packages.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The kernels, their dispatch and the thread pool: setup.py's sources less the Python-facing ones.
+SOURCES = ["matmul.cpp", "quant_scalar.cpp", "quant_avx2.cpp", "quant_neon.cpp", "thread_pool.cpp"]
+# setup.py's flags: -ffp-contract=off is what keeps the quantizers bit-identical across paths.
+FLAGS = ["-std=c++20", "-O3", "-ffp-contract=off"]
+
+
+def build_check(compiler: str, out: Path, extra: list[str]) -> Path:
+    """The kernels with setup.py's flags; the driver at -O2 (Debian's AArch64 GCC 12 crashes on it at -O3)."""
+    objects = []
+    for source in [ROOT / "csrc" / name for name in SOURCES] + [ROOT / "tests" / "native" / "simd_kernels_check.cpp"]:
+        objects.append(str(out.parent / f"{source.stem}.o"))
+        flags = FLAGS if source.parent.name == "csrc" else [*FLAGS, "-O2"]
+        compile_step = subprocess.run(
+            [compiler, *flags, *extra, "-c", str(source), "-o", objects[-1]], capture_output=True, text=True
+        )
+        assert compile_step.returncode == 0, f"{compiler} failed on {source.name}:\n{compile_step.stderr[-2000:]}"
+    link = subprocess.run([compiler, *extra, "-pthread", *objects, "-o", str(out)], capture_output=True, text=True)
+    assert link.returncode == 0, link.stderr[-2000:]
+    return out
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to build the kernel check")
+def test_simd_kernels_match_scalar_on_this_cpu(tmp_path):
+    binary = build_check("g++", tmp_path / "check", [])
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
+    if result.returncode == 2:
+        pytest.skip(f"this CPU has no SIMD path: {result.stdout.strip()}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 failures" in result.stdout
+
+
+CROSS = "aarch64-linux-gnu-g++"
+QEMU = "qemu-aarch64"
+
+
+@pytest.fixture(scope="module")
+def aarch64_build(tmp_path_factory):
+    """Builds the check once per -march for AArch64 (statically, so qemu needs no sysroot)."""
+    if shutil.which(CROSS) is None or shutil.which(QEMU) is None:
+        pytest.skip(f"needs {CROSS} and {QEMU} (Debian: g++-aarch64-linux-gnu qemu-user; .ci/run installs them)")
+    builds: dict[str, Path] = {}
+
+    def build(march: str) -> Path:
+        if march not in builds:
+            out = tmp_path_factory.mktemp(march.replace("+", "_")) / "check"
+            builds[march] = build_check(CROSS, out, ["-static", f"-march={march}"])
+        return builds[march]
+
+    return build
+
+
+@pytest.mark.parametrize(
+    "march, cpu, kernels",
+    [
+        ("armv8-a", "cortex-a53", "neon"),  # setup.py's build on a CPU without SDOT (Raspberry Pi 3)
+        ("armv8-a", "neoverse-n1", "neon-dotprod"),  # the same build picks SDOT at run time (Graviton 2)
+        ("armv8.2-a+dotprod", "max", "neon-dotprod"),  # a build whose target has SDOT (Apple's clang)
+    ],
+)
+def test_neon_kernels_match_scalar_under_qemu(aarch64_build, march, cpu, kernels):
+    """qemu enforces the CPU model: an SDOT instruction on the Cortex-A53 would raise SIGILL."""
+    binary = aarch64_build(march)
+    result = subprocess.run([QEMU, "-cpu", cpu, str(binary)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"{kernels} vs scalar") and "0 failures" in result.stdout
