@@ -168,6 +168,113 @@ const VecOps& vec_ops() {
 
 }  // namespace oq
 
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+
+namespace oq {
+namespace {
+
+// exp(x) as exp256 above, four lanes at a time.
+inline float32x4_t exp4(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3f)), vdupq_n_f32(88.3f));
+    const float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), vmulq_f32(p, r), r);
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+float dot_neon(const float* a, const float* b, int64_t n) {
+    float32x4_t s[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int k = 0; k < 4; ++k) s[k] = vfmaq_f32(s[k], vld1q_f32(a + i + 4 * k), vld1q_f32(b + i + 4 * k));
+    }
+    for (; i + 4 <= n; i += 4) s[0] = vfmaq_f32(s[0], vld1q_f32(a + i), vld1q_f32(b + i));
+    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3])));
+    for (; i < n; ++i) sum += a[i] * b[i];
+    return sum;
+}
+
+// Four rows at a time: the query is loaded once for the four, and their sums reduce together.
+void row_scores_neon(const float* q, int64_t group, const float* const* rows, int64_t n, int64_t d, float scale,
+                     float* s, int64_t ld) {
+    for (int64_t g = 0; g < group; ++g) {
+        const float* qg = q + g * d;
+        int64_t j = 0;
+        for (; j + 4 <= n; j += 4) {
+            float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+            for (int64_t c = 0; c < d; c += 4) {
+                const float32x4_t qv = vld1q_f32(qg + c);
+                for (int r = 0; r < 4; ++r) acc[r] = vfmaq_f32(acc[r], qv, vld1q_f32(rows[j + r] + c));
+            }
+            const float32x4_t sums = vpaddq_f32(vpaddq_f32(acc[0], acc[1]), vpaddq_f32(acc[2], acc[3]));
+            vst1q_f32(s + g * ld + j, vmulq_n_f32(sums, scale));
+        }
+        for (; j < n; ++j) s[g * ld + j] = scale * dot_neon(qg, rows[j], d);
+    }
+}
+
+// Up to 64 outputs of a head at a time in registers, over every row.
+void weighted_rows_neon(float* out, int64_t group, const float* const* rows, int64_t n, int64_t d, const float* p,
+                        int64_t ld) {
+    for (int64_t g = 0; g < group; ++g) {
+        for (int64_t c0 = 0; c0 < d; c0 += 64) {
+            const int vectors = static_cast<int>(std::min<int64_t>(64, d - c0) / 4);
+            float* o = out + g * d + c0;
+            float32x4_t acc[16];
+            for (int v = 0; v < 16; ++v) acc[v] = v < vectors ? vld1q_f32(o + 4 * v) : vdupq_n_f32(0.0f);
+            for (int64_t j = 0; j < n; ++j) {
+                const float pj = p[g * ld + j];
+                const float* row = rows[j] + c0;
+                for (int v = 0; v < 16; ++v) {
+                    if (v < vectors) acc[v] = vfmaq_n_f32(acc[v], vld1q_f32(row + 4 * v), pj);
+                }
+            }
+            for (int v = 0; v < vectors; ++v) vst1q_f32(o + 4 * v, acc[v]);
+        }
+    }
+}
+
+float exp_shifted_neon(float* x, int64_t n, float shift) {
+    float32x4_t sum = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t e = exp4(vsubq_f32(vld1q_f32(x + i), vdupq_n_f32(shift)));
+        vst1q_f32(x + i, e);
+        sum = vaddq_f32(sum, e);
+    }
+    float s = vaddvq_f32(sum);
+    for (; i < n; ++i) s += (x[i] = std::exp(x[i] - shift));
+    return s;
+}
+
+void silu_mul_neon(float* gate, const float* up, int64_t n) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t g = vld1q_f32(gate + i);
+        const float32x4_t sig = vdivq_f32(one, vaddq_f32(one, exp4(vnegq_f32(g))));
+        vst1q_f32(gate + i, vmulq_f32(vmulq_f32(g, sig), vld1q_f32(up + i)));
+    }
+    for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+constexpr VecOps kNeon{dot_neon, row_scores_neon, weighted_rows_neon, exp_shifted_neon, silu_mul_neon};
+
+}  // namespace
+
+const VecOps& vec_ops() { return kNeon; }
+
+}  // namespace oq
+
 #else
 
 namespace oq {

@@ -1,5 +1,5 @@
 // fp32 vector primitives of the native decode step (norms, attention, SwiGLU), chosen once at
-// runtime: AVX2 (with FMA, F16C) where the CPU has it, else portable loops.
+// runtime: AVX2 (with FMA, F16C) where the CPU has it, NEON on AArch64, else portable loops.
 #pragma once
 
 #include <cstdint>

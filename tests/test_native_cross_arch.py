@@ -1,7 +1,7 @@
 """The SIMD kernels of every CPU architecture we ship, checked on this one.
 
 tests/native/simd_kernels_check.cpp compares the kernel table a build selects with the portable
-scalar one, in plain C++. Here it runs natively (AVX2 on x86-64) and, cross-compiled, under
+scalar one, and the decode step's vector primitives with fp64, in plain C++. Here it runs natively (AVX2 on x86-64) and, cross-compiled, under
 qemu-user as AArch64 (NEON, with widening multiplies and with SDOT, the dot-product extension,
 picked at build time or at run time), so that the NEON path that Apple-silicon, Graviton and
 Raspberry Pi users get is checked on a machine that has no such CPU.
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# The kernels, their dispatch and the thread pool: setup.py's sources less the Python-facing ones.
-SOURCES = ["matmul.cpp", "quant_scalar.cpp", "quant_avx2.cpp", "quant_neon.cpp", "thread_pool.cpp"]
+# The kernels, their dispatch, the thread pool and the vector primitives: setup.py's sources less
+# the Python-facing ones.
+SOURCES = ["matmul.cpp", "quant_scalar.cpp", "quant_avx2.cpp", "quant_neon.cpp", "thread_pool.cpp", "vec_ops.cpp"]
 # setup.py's flags: -ffp-contract=off is what keeps the quantizers bit-identical across paths.
 FLAGS = ["-std=c++20", "-O3", "-ffp-contract=off"]
 

@@ -6,7 +6,10 @@
 //  - the scalar result lies within the activation-quantization bound of the fp64 product of the
 //    dequantized weights and the unrounded activations (see tests/test_quant_kernels.py);
 //  - a threaded matmul over two weights equals the single-threaded one bit for bit, and Q5_0
-//    weights re-laid as Q5_0_PAIRS give the Q5_0 results bit for bit.
+//    weights re-laid as Q5_0_PAIRS give the Q5_0 results bit for bit;
+//  - the decode step's vector primitives (vec_ops.h) agree with fp64 within the worst-case
+//    rounding error of their sums, n * 2^-24 * sum |terms| (any summation order), and exp/SiLU
+//    within 1e-6 relative.
 // Prints one line per failure and exits 1 on any; prints a summary and exits 0 otherwise.
 #include <cmath>
 #include <cstdio>
@@ -16,6 +19,7 @@
 
 #include "../../csrc/matmul.h"
 #include "../../csrc/quant_common.h"
+#include "../../csrc/vec_ops.h"
 
 using namespace oq;
 
@@ -165,6 +169,75 @@ void check_threads_and_pairs(const KernelTable& simd, std::mt19937& rng) {
     }
 }
 
+// |got - want| within the worst-case rounding error of an n-term float sum whose terms' magnitudes
+// add up to `mass` (any order), plus `rel` of |want| for what precedes the sum.
+void expect_sum(const char* what, long index, double got, double want, int64_t n, double mass, double rel = 0) {
+    const double bound = (static_cast<double>(n) + 2) * 0x1p-24 * mass + rel * std::fabs(want);
+    if (!(std::fabs(got - want) <= bound)) fail(what, "vec_ops", 0, index, got, want);
+}
+
+void check_vec_ops(std::mt19937& rng) {
+    const VecOps& ops = vec_ops();
+    std::normal_distribution<float> normal;
+    const int64_t d = 64, n = 37, group = 3;  // n: four- and eight-row groups plus a tail
+    std::vector<float> q(group * d), keys(n * d), p(group * n), out(group * d);
+    for (auto* v : {&q, &keys, &p, &out}) {
+        for (auto& e : *v) e = normal(rng);
+    }
+    std::vector<const float*> rows(n);
+    for (int64_t j = 0; j < n; ++j) rows[j] = keys.data() + j * d;
+
+    for (int64_t len : {1, 7, 64, 901}) {
+        std::vector<float> a(len), b(len);
+        for (int64_t i = 0; i < len; ++i) a[i] = normal(rng), b[i] = normal(rng);
+        double want = 0, mass = 0;
+        for (int64_t i = 0; i < len; ++i) want += static_cast<double>(a[i]) * b[i], mass += std::fabs(a[i] * b[i]);
+        expect_sum("dot", len, ops.dot(a.data(), b.data(), len), want, len, mass);
+    }
+
+    const float scale = 0.125f;
+    std::vector<float> scores(group * n);
+    ops.row_scores(q.data(), group, rows.data(), n, d, scale, scores.data(), n);
+    for (int64_t g = 0; g < group; ++g) {
+        for (int64_t j = 0; j < n; ++j) {
+            double want = 0, mass = 0;
+            for (int64_t c = 0; c < d; ++c) want += static_cast<double>(q[g * d + c]) * rows[j][c], mass += std::fabs(q[g * d + c] * rows[j][c]);
+            expect_sum("row_scores", g * n + j, scores[g * n + j], scale * want, d, scale * mass);
+        }
+    }
+
+    std::vector<float> mixed = out;
+    ops.weighted_rows(mixed.data(), group, rows.data(), n, d, p.data(), n);
+    for (int64_t g = 0; g < group; ++g) {
+        for (int64_t c = 0; c < d; ++c) {
+            double want = out[g * d + c], mass = std::fabs(out[g * d + c]);
+            for (int64_t j = 0; j < n; ++j) want += static_cast<double>(p[g * n + j]) * rows[j][c], mass += std::fabs(p[g * n + j] * rows[j][c]);
+            expect_sum("weighted_rows", g * d + c, mixed[g * d + c], want, n + 1, mass);
+        }
+    }
+
+    std::vector<float> x(n), e(n);
+    for (int64_t i = 0; i < n; ++i) x[i] = 4 * normal(rng);
+    e = x;
+    const float total = ops.exp_shifted(e.data(), n, 3.0f);
+    double want_total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double want = std::exp(static_cast<double>(x[i]) - 3.0);
+        want_total += want;
+        if (!(std::fabs(e[i] - want) <= 1e-6 * want)) fail("exp_shifted", "vec_ops", 0, i, e[i], want);
+    }
+    expect_sum("exp_shifted sum", -1, total, want_total, n, want_total, 1e-6);
+
+    std::vector<float> gate(n), up(n);
+    for (int64_t i = 0; i < n; ++i) gate[i] = 6 * normal(rng), up[i] = normal(rng);
+    std::vector<float> act = gate;
+    ops.silu_mul(act.data(), up.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+        const double g = gate[i], want = g / (1 + std::exp(-g)) * up[i];
+        if (!(std::fabs(act[i] - want) <= 1e-6 * std::fabs(want) + 1e-30)) fail("silu_mul", "vec_ops", 0, i, act[i], want);
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -181,7 +254,8 @@ int main() {
         for (int T = 1; T <= 9; ++T, ++checked) check_type(*simd, idx, T, rng);
     }
     check_threads_and_pairs(*simd, rng);
-    std::printf("%s vs scalar: %d type x row-count cases, threads, Q5_0_PAIRS: %d failures\n", simd->name, checked,
+    check_vec_ops(rng);
+    std::printf("%s vs scalar: %d type x row-count cases, threads, Q5_0_PAIRS, vec_ops: %d failures\n", simd->name, checked,
                 g_failures);
     return g_failures == 0 ? 0 : 1;
 }
