@@ -1,10 +1,11 @@
 """The SIMD kernels of every CPU architecture we ship, checked on this one.
 
 tests/native/simd_kernels_check.cpp compares the kernel table a build selects with the portable
-scalar one, and the decode step's vector primitives with fp64, in plain C++. Here it runs natively (AVX2 on x86-64) and, cross-compiled, under
-qemu-user as AArch64 (NEON, with widening multiplies and with SDOT, the dot-product extension,
-picked at build time or at run time), so that the NEON path that Apple-silicon, Graviton and
-Raspberry Pi users get is checked on a machine that has no such CPU.
+scalar one, and the decode step's vector primitives with fp64, in plain C++. Here it runs natively
+(AVX2 on x86-64) and, cross-compiled, under qemu-user as AArch64 (NEON, with widening multiplies and
+with SDOT, the dot-product extension, picked at build time or at run time), so that the NEON path
+that Apple-silicon, Graviton and Raspberry Pi users get is checked on a machine that has no such
+CPU.
 .ci/run installs the cross compiler and qemu-user from Debian's packages.
 """
 
