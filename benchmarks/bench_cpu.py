@@ -38,11 +38,11 @@ def peers_table(model: str, prompt_tokens: int, new_tokens: int, peers: str = "l
 
 def _llama_cpp(model: str, n_ctx: int):
     """llama-cpp-python on the same GGUF, one thread per core this process may use."""
-    import os
-
     from llama_cpp import Llama
 
-    return Llama(model_path=model, n_ctx=n_ctx, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+    from openqwen.hardware import usable_cores
+
+    return Llama(model_path=model, n_ctx=n_ctx, n_threads=usable_cores(), verbose=False)
 
 
 def _transformers_fp32(model: str):

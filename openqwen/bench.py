@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .hardware import describe, usable_cores
 
 RUNTIMES = ("openqwen", "transformers", "llama-cpp")
 
@@ -76,11 +77,9 @@ def _time_transformers(model: str, prompt: list[int], new_tokens: int, device: s
 
 
 def _time_llama_cpp(model: str, prompt: list[int], new_tokens: int, device: str | None, dtype: str | None) -> dict[str, Any]:
-    import os
-
     from llama_cpp import Llama
 
-    threads = len(os.sched_getaffinity(0))
+    threads = usable_cores()
     start = time.perf_counter()
     llm = Llama(model_path=model, n_ctx=max(2048, len(prompt) + new_tokens + 16), n_threads=threads, verbose=False)
     load = time.perf_counter() - start
@@ -158,7 +157,7 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     reference = results[0]["tokens"] if results else []
-    print(f"\nmodel {args.model}; {args.prompt_tokens} prompt tokens, {args.new_tokens} new (greedy); {hardware()}")
+    print(f"\nmodel {args.model}; {args.prompt_tokens} prompt tokens, {args.new_tokens} new (greedy); {describe()}")
     print("| runtime | load s | prefill tok/s | decode tok/s | peak RSS MB | same tokens as openqwen |")
     print("|---|---|---|---|---|---|")
     for r in results:
@@ -166,21 +165,7 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"| {r['runtime']} | {r['load_s']:.1f} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
               f"{r['peak_rss_mb']:.0f} | {same}/{len(reference)} |")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"hardware": hardware(), "model": args.model, "results": results}, indent=1))
-
-
-def hardware() -> str:
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
+        Path(args.json_path).write_text(json.dumps({"hardware": describe(), "model": args.model, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

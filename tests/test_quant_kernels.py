@@ -12,7 +12,6 @@ rounding order (~1e-7 of |x| . |w|); a single activation rounded differently wou
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import numpy as np
@@ -24,6 +23,7 @@ from gguf.quants import dequantize as gguf_dequantize
 
 from openqwen.kernels import quant as kq
 from openqwen.kernels import QuantLinear, quantize
+from openqwen.hardware import usable_cores
 from openqwen.kernels.huge_pages import HUGE_PAGE, HugePageArena
 
 Q = GGMLQuantizationType
@@ -356,6 +356,12 @@ def test_quantize_rejects_unsupported():
         quantize(torch.randn(4, 896), Q.Q4_K)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="thread default reads the Linux affinity mask")
 def test_default_thread_count_is_bounded_by_cores():
-    assert 1 <= kq._default_num_threads() <= len(os.sched_getaffinity(0))
+    assert 1 <= kq._default_num_threads() <= usable_cores()
+
+
+def test_usable_cores_without_affinity_masks(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: every core counts."""
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cores() == (os.cpu_count() or 1)
+    assert 1 <= kq._default_num_threads() <= usable_cores()

@@ -15,7 +15,6 @@ that prefers speed can keep `layer.dequantize()` and use F.linear itself.
 
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from openqwen.weights.gguf_quants import dequantize as dequantize_blocks
 
+from ..hardware import usable_cores
 from .huge_pages import HugePageArena
 
 try:
@@ -68,11 +68,7 @@ def get_num_threads() -> int:
 
 def _default_num_threads() -> int:
     # torch defaults to the physical cores; stay within the cores this process may run on.
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), usable))
+    return max(1, min(torch.get_num_threads(), usable_cores()))
 
 
 if _native is not None:
