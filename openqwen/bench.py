@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .hardware import describe, usable_cores
+from .hardware import describe, peak_rss_mb, usable_cores
 
 RUNTIMES = ("openqwen", "transformers", "llama-cpp")
 
@@ -25,10 +24,6 @@ RUNTIMES = ("openqwen", "transformers", "llama-cpp")
 def bench_prompt(num_tokens: int, vocab_size: int = 150000) -> list[int]:
     """A fixed, reproducible prompt of ordinary token ids (no special tokens)."""
     return [(1000 + 7919 * i) % vocab_size for i in range(num_tokens)]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _time_openqwen(model: str, prompt: list[int], new_tokens: int, device: str | None, dtype: str | None,
@@ -123,7 +118,7 @@ def worker_main(argv: list[str]) -> None:
     result.update(
         runtime=a.runtime, prompt_tokens=len(prompt), new_tokens=n,
         prefill_tok_s=len(prompt) / result["prefill_s"], decode_tok_s=(n - 1) / result["decode_s"],
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
     )
     print("BENCH " + json.dumps(result))
 

@@ -1,4 +1,5 @@
-"""What this machine offers: the cores a process may use and a one-line description for benchmarks.
+"""What this machine offers and what a process took: usable cores, peak memory, a one-line
+description for benchmarks.
 
 Torch-free, so that a benchmark's peer (llama-cpp-python in its own process) can ask without
 paying for torch's import in its measured memory.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -17,6 +19,14 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no affinity masks
         return os.cpu_count() or 1
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (getrusage counts KiB on Linux, bytes on macOS)."""
+    import resource  # POSIX only: imported here so that the module loads on Windows
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
 def describe() -> str:
