@@ -41,6 +41,12 @@ else:
     # dequantizer bit-identical to their PyTorch/NumPy counterparts.
     COMPILE_ARGS = ["-std=c++20", "-O3", "-ffp-contract=off", "-fvisibility=hidden"]
     LINK_ARGS = ["-pthread"]
+if sys.platform == "darwin":
+    # The thread pool sleeps in std::atomic::wait, which Apple's libc++ has from macOS 11 on.
+    # python.org's Pythons target 10.9, where the (optional) build would fail and leave only the
+    # PyTorch path; the last -mmacosx-version-min on the command line wins.
+    COMPILE_ARGS.append("-mmacosx-version-min=11.0")
+    LINK_ARGS.append("-mmacosx-version-min=11.0")
 
 setup(
     ext_modules=[
