@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from openqwen.hardware import usable_cores
 from openqwen.weights.gguf_quants import dequantize as dequantize_blocks
 
-from ..hardware import usable_cores
 from .huge_pages import HugePageArena
 
 try:
