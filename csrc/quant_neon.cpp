@@ -132,9 +132,10 @@ void quantize_act256_neon(const float* x, int64_t K, int8_t* q, float* d, int16_
 
 // The row kernels for the build's own target: SDOT where it includes the dot-product extension
 // (Apple clang targets the M1 and later, which have it), widening multiplies otherwise.
+constexpr const char* kSdotName = "neon-dotprod";
 #if defined(__ARM_FEATURE_DOTPROD)
 #define OQ_NEON_SDOT 1
-constexpr const char* kBaseName = "neon-dotprod";
+constexpr const char* kBaseName = kSdotName;
 #else
 #define OQ_NEON_SDOT 0
 constexpr const char* kBaseName = "neon";
@@ -169,7 +170,7 @@ KernelTable make_table(const char* name, const RowsFn (&rows)[kNumTypes]) {
 const KernelTable* neon_kernels() {
 #if defined(OQ_NEON_RUNTIME_SDOT)
     static const KernelTable table = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0
-                                         ? make_table("neon-dotprod", sdot::kRows)
+                                         ? make_table(kSdotName, sdot::kRows)
                                          : make_table(kBaseName, base::kRows);
 #else
     static const KernelTable table = make_table(kBaseName, base::kRows);

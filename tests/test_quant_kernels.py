@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
-from openqwen.kernels import quant as kq
-from openqwen.kernels import QuantLinear, quantize
 from openqwen.hardware import usable_cores
+from openqwen.kernels import QuantLinear, quantize
+from openqwen.kernels import quant as kq
 from openqwen.kernels.huge_pages import HUGE_PAGE, HugePageArena
 
 Q = GGMLQuantizationType

@@ -216,9 +216,9 @@ void check_vec_ops(std::mt19937& rng) {
         }
     }
 
-    std::vector<float> x(n), e(n);
+    std::vector<float> x(n);
     for (int64_t i = 0; i < n; ++i) x[i] = 4 * normal(rng);
-    e = x;
+    std::vector<float> e = x;
     const float total = ops.exp_shifted(e.data(), n, 3.0f);
     double want_total = 0;
     for (int64_t i = 0; i < n; ++i) {
