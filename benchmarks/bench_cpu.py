@@ -187,7 +187,9 @@ def throughput(model: str, requests: int, low: int, high: int) -> dict:
 
 def accuracy(model: str, tokens: int = 1024) -> dict:
     """Perplexity of the quantized path vs the fp32-dequantized model on a fixed text (this Python's
-    own `json/decoder.py`), plus the mean KL(fp32 || quantized) of the next-token distributions."""
+    own `json/decoder.py`), plus the mean KL(fp32 || quantized) of the next-token distributions.
+    The same for the fp8 KV cache alone: the fp32 model whose attention sees keys and values
+    rounded as the fp8 cache stores them."""
     import inspect
     import json as json_module
 
@@ -200,6 +202,10 @@ def accuracy(model: str, tokens: int = 1024) -> dict:
     ids = dense.tokenizer.encode(text)[:tokens]
     ref = dense.engine.runner.score(ids).log_softmax(-1)
     del dense
+    dense_fp8_kv = LLM(model, device="cpu", quantize="none", enable_prefix_caching=False, max_model_len=2048,
+                       kv_cache_dtype="fp8")
+    fp8_kv = dense_fp8_kv.engine.runner.score(ids).log_softmax(-1)
+    del dense_fp8_kv
     quant = LLM(model, device="cpu", enable_prefix_caching=False, max_model_len=2048)
     # Long inputs normally take the dequantize + sgemm path; force the integer kernels that every
     # decode step uses, since their 8-bit activations are what this measures.
@@ -212,9 +218,15 @@ def accuracy(model: str, tokens: int = 1024) -> dict:
     def ppl(logp: torch.Tensor) -> float:
         return float(torch.exp(-logp[:-1].gather(1, target[:, None]).mean()))
 
-    kl = float((ref.exp() * (ref - got)).sum(-1).mean())
-    agree = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
-    return {"tokens": len(ids), "ppl_fp32": ppl(ref), "ppl_quantized": ppl(got), "kl_mean": kl, "top1_agreement": agree}
+    def kl(logp: torch.Tensor) -> float:
+        return float((ref.exp() * (ref - logp)).sum(-1).mean())
+
+    def agree(logp: torch.Tensor) -> float:
+        return float((ref.argmax(-1) == logp.argmax(-1)).float().mean())
+
+    return {"tokens": len(ids), "ppl_fp32": ppl(ref), "ppl_quantized": ppl(got), "kl_mean": kl(got),
+            "top1_agreement": agree(got), "ppl_fp8_kv": ppl(fp8_kv), "kl_fp8_kv": kl(fp8_kv),
+            "top1_fp8_kv": agree(fp8_kv)}
 
 
 def python_overhead(model: str, steps: int = 128) -> dict:
@@ -278,14 +290,14 @@ def main() -> None:
     if a.render:
         (RESULTS / "cpu.md").write_text(render(json.loads((RESULTS / "cpu.json").read_text())))
         return
-    from openqwen.bench import hardware
+    from openqwen.hardware import describe
     from openqwen.registry import resolve_model
 
     model = str(resolve_model(a.model))
     skip = set(a.skip.split(","))
     previous = RESULTS / "cpu.json"  # parts skipped in this run keep their last figures
     results: dict = json.loads(previous.read_text()) if previous.exists() else {}
-    results.update(hardware=hardware(), model=a.model)
+    results.update(hardware=describe(), model=a.model)
     if "b" not in skip:
         results["decode_128_256"] = peers_table(model, 128, 256)
         results["decode_rounds"] = decode_rounds_in_processes(model)
@@ -344,6 +356,9 @@ def render(r: dict) -> str:
         lines += ["## Accuracy of the quantized CPU path\n",
                   f"{a['tokens']} tokens of a fixed text: perplexity {a['ppl_quantized']:.3f} (quantized kernels) vs "
                   f"{a['ppl_fp32']:.3f} (fp32 dequantized); mean KL {a['kl_mean']:.5f}; top-1 agreement {a['top1_agreement']:.3f}\n"]
+        if "ppl_fp8_kv" in a:
+            lines += [f"fp8 KV cache (`kv_cache_dtype=\"fp8\"`) on the fp32 model, same text: perplexity {a['ppl_fp8_kv']:.3f}; "
+                      f"mean KL {a['kl_fp8_kv']:.5f}; top-1 agreement {a['top1_fp8_kv']:.3f}\n"]
     if "python_overhead" in r:
         o = r["python_overhead"]
         lines.append(f"Batch-1 decode time per token: {o['ms_per_token']:.1f} ms = {o['layers_ms_per_token']:.1f} ms in the "

@@ -15,6 +15,9 @@ each for both runtimes, each side in its own subprocess (so neither sees the oth
       decode tokens per second after the first token.
   (c) time to first token of a 2,000-token prompt (median of 5; transformers of 3).
 
+Our side runs a second time with the fp8 KV cache (kv_cache_dtype="fp8": half the cache bytes
+that decode attention reads; --skip-fp8-kv leaves it out), reported in its own column.
+
 Prints a markdown table; writes gpu_<device>.json and .md under --out (default
 benchmarks/results). --micro adds kernel-level timings of our side (decode attention bandwidth
 for a few tile configurations, per-kernel profile of one eager decode step) to the JSON.
@@ -95,7 +98,8 @@ def run_ours(model_dir: Path, args) -> dict:
     out: dict = {}
     t0 = time.perf_counter()
     llm = LLM(str(model_dir), device="cuda", dtype="bfloat16", max_model_len=4096, max_num_seqs=256,
-              max_num_batched_tokens=16384, gpu_memory_utilization=0.9, enable_prefix_caching=False)
+              max_num_batched_tokens=16384, gpu_memory_utilization=0.9, enable_prefix_caching=False,
+              kv_cache_dtype="fp8" if args.side == "ours_fp8" else "auto")
     runner = llm.engine.runner
     out["load_s"] = time.perf_counter() - t0
     out["kv_cache_tokens"] = runner.num_blocks * runner.block_size
@@ -163,7 +167,7 @@ def run_ours(model_dir: Path, args) -> dict:
                            seconds=elapsed, steps=counts["run"] + counts["launch"], overlapped_steps=counts["launch"])
     out["workload_tok_s"] = produced / elapsed
 
-    if args.micro:
+    if args.micro and args.side == "ours":
         out["micro"] = micro_ours(llm)
     return out
 
@@ -320,7 +324,7 @@ def run_transformers(model_dir: Path, args) -> dict:
 
 
 # -- driver -------------------------------------------------------------------------------------
-def table(ours: dict, hf: dict, device: str) -> str:
+def table(ours: dict, hf: dict, device: str, fp8: dict | None = None) -> str:
     def f(d, key, fmt):
         v = d.get(key)
         return format(v, fmt) if isinstance(v, (int, float)) else "error"
@@ -332,8 +336,12 @@ def table(ours: dict, hf: dict, device: str) -> str:
         ("(b) batch-1 decode, tok/s", f(ours, "decode_b1_tok_s", ",.1f"), f(hf, "decode_b1_tok_s", ",.1f"), "128 in / 256 out (transformers %s out)" % hf.get("decode_b1_tokens", "-")),
         ("(c) TTFT, 2,000-token prompt, ms", f(ours, "ttft_2000_ms", ",.1f"), f(hf, "ttft_2000_ms", ",.1f"), "median"),
     ]
-    lines = [f"Device: {device}", "", "| benchmark | openqwen | transformers | notes |", "|---|---:|---:|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    keys = ("workload_tok_s", "decode_b1_tok_s", "ttft_2000_ms")
+    fp8_cells = [f(fp8, key, ",.0f" if key == "workload_tok_s" else ",.1f") for key in keys] if fp8 is not None else None
+    head = "| benchmark | openqwen | " + ("openqwen, fp8 KV | " if fp8_cells else "") + "transformers | notes |"
+    lines = [f"Device: {device}", "", head, "|---|---:|" + ("---:|" if fp8_cells else "") + "---:|---|"]
+    for i, (a, b, c, d) in enumerate(rows):
+        lines.append(f"| {a} | {b} | " + (f"{fp8_cells[i]} | " if fp8_cells else "") + f"{c} | {d} |")
     if "workload" in ours:
         w = ours["workload"]
         lines += ["", f"openqwen workload: {w['output_tokens']:,} output tokens in {w['seconds']:.2f} s over {w['steps']} "
@@ -352,13 +360,14 @@ def main() -> None:
     ap.add_argument("--hf-decode-tokens", type=int, default=64)
     ap.add_argument("--micro", action="store_true")
     ap.add_argument("--skip-transformers", action="store_true")
-    ap.add_argument("--side", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--skip-fp8-kv", action="store_true")
+    ap.add_argument("--side", choices=["ours", "ours_fp8", "transformers"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
     model_dir = Path(args.model_dir)
 
     if args.side:  # a child process: one side, result as JSON
-        fn = run_ours if args.side == "ours" else run_transformers
+        fn = run_transformers if args.side == "transformers" else run_ours
         Path(args.result).write_text(json.dumps(fn(model_dir, args)))
         return
 
@@ -374,7 +383,7 @@ def main() -> None:
         results["versions"] = dict(triton=triton.__version__, transformers=transformers.__version__)
     except ImportError:
         pass
-    sides = ["ours"] + ([] if args.skip_transformers else ["transformers"])
+    sides = ["ours"] + ([] if args.skip_fp8_kv else ["ours_fp8"]) + ([] if args.skip_transformers else ["transformers"])
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for side in sides:
@@ -391,7 +400,7 @@ def main() -> None:
         result_file.unlink(missing_ok=True)
     tag = "h200" if "H200" in device else "h100" if "H100" in device else "gpu"
     (out_dir / f"gpu_{tag}.json").write_text(json.dumps(results, indent=1))
-    md = table(results.get("ours", {}), results.get("transformers", {}), device)
+    md = table(results.get("ours", {}), results.get("transformers", {}), device, results.get("ours_fp8"))
     (out_dir / f"gpu_{tag}.md").write_text(md + "\n")
     print(md)
 

@@ -27,12 +27,13 @@ def bench_prompt(num_tokens: int, vocab_size: int = 150000) -> list[int]:
 
 
 def _time_openqwen(model: str, prompt: list[int], new_tokens: int, device: str | None, dtype: str | None,
-                   quantize: str | None = None) -> dict[str, Any]:
+                   quantize: str | None = None, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     from .engine.sampling_params import SamplingParams
     from .llm import LLM
 
     start = time.perf_counter()
-    llm = LLM(model, device=device, dtype=dtype, enable_prefix_caching=False, quantize=quantize)
+    llm = LLM(model, device=device, dtype=dtype, enable_prefix_caching=False, quantize=quantize,
+              kv_cache_dtype=kv_cache_dtype)
     load = time.perf_counter() - start
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     llm.generate([prompt[:16]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
@@ -108,10 +109,11 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--quantize")
+    p.add_argument("--kv-cache-dtype", default="auto")
     a = p.parse_args(argv)
     prompt = bench_prompt(a.prompt_tokens)
     if a.runtime == "openqwen":
-        result = _time_openqwen(a.model, prompt, a.new_tokens, a.device, a.dtype, a.quantize)
+        result = _time_openqwen(a.model, prompt, a.new_tokens, a.device, a.dtype, a.quantize, a.kv_cache_dtype)
     else:
         result = WORKERS[a.runtime](a.model, prompt, a.new_tokens, a.device, a.dtype)
     n = len(result["tokens"])
@@ -137,7 +139,8 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         cmd = [sys.executable, "-m", "openqwen.bench", runtime, model, "--prompt-tokens", str(args.prompt_tokens),
                "--new-tokens", str(args.new_tokens)] + (["--device", args.device] if args.device else []) + (
                ["--dtype", args.dtype] if args.dtype else []) + (
-               ["--quantize", args.quantize] if runtime == "openqwen" and args.quantize else [])
+               ["--quantize", args.quantize] if runtime == "openqwen" and args.quantize else []) + (
+               ["--kv-cache-dtype", args.kv_cache_dtype] if runtime == "openqwen" else [])
         print(f"running {runtime} ...", file=sys.stderr)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)

@@ -39,6 +39,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["none", "q8_0", "q4_k"], default=None,
                    help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints "
                         "(default: GGUF weights stay quantized, dense stay dense)")
+    p.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="KV cache: auto = the model dtype; fp8 = e4m3 with a scale per token and head (half of bf16's bytes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +101,8 @@ def _load(args: argparse.Namespace):
     from .llm import LLM
 
     options = {"max_model_len": args.max_model_len} if args.max_model_len else {}
-    return LLM(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, **options)
+    return LLM(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+               kv_cache_dtype=args.kv_cache_dtype, **options)
 
 
 def _template_kwargs(thinking: bool | None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class LLM:
         """`model`: a Hugging Face directory, a .gguf file or a registry name. `enforce_eager`: run
         every step eagerly, without CUDA graphs (vLLM's name). `engine_options`: max_model_len,
         max_num_seqs, max_num_batched_tokens, block_size, kv_cache_gb, gpu_memory_utilization,
-        enable_prefix_caching, quantize."""
+        enable_prefix_caching, quantize, kv_cache_dtype ("auto" or "fp8")."""
         start = time.perf_counter()
         self.loaded: LoadedModel = load_model(model, device=device, dtype=dtype, enforce_eager=enforce_eager, **engine_options)
         self.engine: LLMEngine = self.loaded.engine

@@ -4,9 +4,10 @@ Run as a script by tests/test_triton_compile.py (in its own process: @triton.jit
 interpreter mode). A stand-in Triton driver reports an sm_90 device, and every kernel launch stops
 once Triton's compiler (with the ptxas its wheel ships) has built the cubin. The launches come from
 the real code: decode and prefill forwards of Qwen3-, Qwen2.5- and odd-shaped layers through the
-fast path, on CPU tensors whose contents are never computed, plus the sampler. Prints one JSON object:
-{"kernels": {name: {"variants": n, "pdl_asked": launched with PDL=True, "pdl": its PTX waits on
-the grid dependency, "local_bytes": the most local memory a variant uses}}}.
+fast path (with a bf16 and an fp8 KV cache), on CPU tensors whose contents are never computed, plus
+the sampler. Prints one JSON object: {"kernels": {name: {"variants": n, "pdl_asked": launched with
+PDL=True, "pdl": its PTX waits on the grid dependency, "fp8": compiled for an fp8 cache
+(QUANT=True), "local_bytes": the most local memory a variant uses}}}.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ def compile_only(record: dict) -> None:
     def compile_and_stop(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
         entry = record.setdefault(self.fn.__name__, {"variants": set(), "pdl_asked": False, "pdl": False,
-                                                      "local_bytes": 0})
+                                                      "fp8": False, "local_bytes": 0})
         if kernel.hash not in entry["variants"]:
             entry["variants"].add(kernel.hash)
             entry["pdl_asked"] |= bool(kwargs.get("PDL"))
+            entry["fp8"] |= bool(kwargs.get("QUANT"))
             entry["pdl"] |= "griddepcontrol.wait" in kernel.asm["ptx"]
             entry["local_bytes"] = max(entry["local_bytes"], local_memory_bytes(kernel.asm["cubin"]))
         return kernel
@@ -83,7 +85,7 @@ def compile_only(record: dict) -> None:
     JITFunction.run = compile_and_stop
 
 
-def forward_steps(model_type: str, **shape) -> None:
+def forward_steps(model_type: str, fp8_cache: bool = False, **shape) -> None:
     """One prefill chunk (with a cached prefix), then decode at batch 1 and 8 (split-K and not)."""
     from openqwen.config import ModelArgs
     from openqwen.engine.triton_sampler import gumbel_argmax
@@ -97,10 +99,14 @@ def forward_steps(model_type: str, **shape) -> None:
     model = model.to_empty(device="cpu").to(torch.bfloat16)
     fused.pack_model(model)
     page, blocks = 16, 8
-    cache = torch.empty(2, blocks, page, args.num_key_value_heads, args.head_dim, dtype=torch.bfloat16)
+    cache = torch.empty(2, blocks, page, args.num_key_value_heads, args.head_dim,
+                        dtype=torch.float8_e4m3fn if fp8_cache else torch.bfloat16)
+    scales = torch.empty(2, blocks, page, args.num_key_value_heads)
     for layer in model.modules():
         if isinstance(layer, Attention):
             layer.k_cache, layer.v_cache = cache[0], cache[1]
+            if fp8_cache:
+                layer.k_scale, layer.v_scale = scales[0], scales[1]
 
     def step(query_lens: list[int], context_lens: list[int], splits: int = 1) -> None:
         tokens = sum(query_lens)
@@ -133,11 +139,13 @@ def main() -> None:
             module.use_pdl = lambda t: True
     # Qwen3-0.6B's layer shapes (q/k norms, no biases), Qwen2.5-0.5B's (q/k/v biases, head_dim 64),
     # and a head_dim of 80, which the fused RoPE kernel does not take (RoPE and cache write apart)
-    forward_steps("qwen3", hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
-                  num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=True)
-    forward_steps("qwen2", hidden_size=896, intermediate_size=4864, num_attention_heads=14,
-                  num_key_value_heads=2, qkv_bias=True)
-    forward_steps("qwen2", hidden_size=640, intermediate_size=1792, num_attention_heads=8, num_key_value_heads=2)
+    for fp8_cache in (False, True):
+        forward_steps("qwen3", fp8_cache, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
+                      num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=True)
+        forward_steps("qwen2", fp8_cache, hidden_size=896, intermediate_size=4864, num_attention_heads=14,
+                      num_key_value_heads=2, qkv_bias=True)
+        forward_steps("qwen2", fp8_cache, hidden_size=640, intermediate_size=1792, num_attention_heads=8,
+                      num_key_value_heads=2)
     print(json.dumps({"kernels": {name: {**entry, "variants": len(entry["variants"])}
                                   for name, entry in sorted(record.items())}}))
 

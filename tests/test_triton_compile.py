@@ -53,5 +53,10 @@ def test_pdl_kernels_wait_on_their_grid_dependency(compiled):
     assert {name for name, k in compiled.items() if k["pdl"]} == asked
 
 
+def test_kv_cache_kernels_compile_for_an_fp8_cache(compiled):
+    assert {name for name, k in compiled.items() if k["fp8"]} == {
+        "_store_kv_kernel", "_qk_norm_rope_kernel", "_decode_kernel", "_prefill_kernel"}
+
+
 def test_no_kernel_spills_registers(compiled):
     assert {name: k["local_bytes"] for name, k in compiled.items() if k["local_bytes"]} == {}

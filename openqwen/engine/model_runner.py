@@ -19,6 +19,7 @@ where the checkpoint holds a coarse copy of it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ..kernels.native_decode import NativeDecoder
 from ..kernels.proxy_head import ProxyHead
 from ..kernels.huge_pages import HugePageArena
 from ..kernels.quant import DENSE_MIN_ROWS, place_native_weights, release_packed_sources
-from ..layers.attention import Attention, AttentionContext, fast_path
+from ..layers.attention import FP8, KV_CACHE_DTYPES, Attention, AttentionContext, fast_path
 from .sampler import SampleRequest, TokenLogprobs, choose_on_device, moved_tokens, sample
 from .scheduler import ScheduledSeq
 from .sequence import PENDING_TOKEN
@@ -51,9 +52,11 @@ class PendingStep:
         return {seq_id: (token, None) for seq_id, token in zip(self.seq_ids, self.host_tokens.tolist())}
 
 
-def kv_bytes_per_token(model: nn.Module, dtype: torch.dtype) -> int:
+def kv_bytes_per_token(model: nn.Module, dtype: torch.dtype, kv_cache_dtype: str = "auto") -> int:
+    """Cache bytes per token: K and V rows of every layer, plus with fp8 one fp32 scale per row."""
     a = model.args
-    return 2 * a.num_hidden_layers * a.num_key_value_heads * a.head_dim * torch.empty(0, dtype=dtype).element_size()
+    row = a.head_dim * dtype.itemsize if kv_cache_dtype == "auto" else a.head_dim * FP8.itemsize + 4
+    return 2 * a.num_hidden_layers * a.num_key_value_heads * row
 
 
 def _graph_safe(model: nn.Module) -> bool:
@@ -65,23 +68,29 @@ def _graph_safe(model: nn.Module) -> bool:
 
 class ModelRunner:
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, block_size: int, num_blocks: int,
-                 *, use_cuda_graphs: bool | None = None, max_graph_batch: int = 512,
+                 *, kv_cache_dtype: str = "auto", use_cuda_graphs: bool | None = None, max_graph_batch: int = 512,
                  release_pages: Callable[[torch.Tensor], None] | None = None) -> None:
-        """`use_cuda_graphs`: None means on for CUDA unless OPENQWEN_ENFORCE_EAGER=1. It can also be
-        switched later through the attribute of the same name. `release_pages(t)` drops the resident
-        pages of a memory-mapped weight (see ProxyHead.build)."""
+        """`kv_cache_dtype`: "auto" (the model dtype) or "fp8" (e4m3 with a scale per token and KV
+        head; see layers/attention.py). `use_cuda_graphs`: None means on for CUDA unless
+        OPENQWEN_ENFORCE_EAGER=1. It can also be switched later through the attribute of the same
+        name. `release_pages(t)` drops the resident pages of a memory-mapped weight (see
+        ProxyHead.build)."""
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"unknown kv_cache_dtype {kv_cache_dtype!r}; use one of {', '.join(KV_CACHE_DTYPES)}")
         self.model, self.device, self.dtype = model, device, dtype
         self.block_size, self.num_blocks = block_size, num_blocks
         args = model.args
         # One allocation for every layer: [layers, 2, blocks, block_size, Hkv, d]. On the CPU the
         # pages are only committed when written, so an ample cache costs memory only as it fills.
-        self.kv_cache = torch.empty(
-            args.num_hidden_layers, 2, num_blocks, block_size, args.num_key_value_heads, args.head_dim,
-            dtype=dtype, device=device,
-        )
+        shape = (args.num_hidden_layers, 2, num_blocks, block_size, args.num_key_value_heads)
+        fp8 = kv_cache_dtype == "fp8"
+        self.kv_cache = torch.empty(*shape, args.head_dim, dtype=FP8 if fp8 else dtype, device=device)
+        self.kv_scales = torch.empty(shape, dtype=torch.float32, device=device) if fp8 else None
         layers = [m for m in model.modules() if isinstance(m, Attention)]
         for i, layer in enumerate(layers):
             layer.k_cache, layer.v_cache = self.kv_cache[i, 0], self.kv_cache[i, 1]
+            if fp8:
+                layer.k_scale, layer.v_scale = self.kv_scales[i, 0], self.kv_scales[i, 1]
         self.generators: dict[int, torch.Generator] = {}
 
         self.fast = fast_path(self.kv_cache)
@@ -124,6 +133,9 @@ class ModelRunner:
             place_native_weights([getattr(model, "lm_head", None)], arena, release_pages)
         # Decode-only steps of dense quantized models run all layers in one native call.
         self.native_decoder = NativeDecoder.build(model) if device.type == "cpu" else None
+        if fp8 and self.torch_single_thread:
+            logging.getLogger(__name__).warning("kv_cache_dtype fp8 on the CPU: decode runs on the PyTorch path, "
+                                                "not the native decode step (half the cache memory, slower decode)")
         if release_pages is not None:
             release_packed_sources(model, release_pages)
 

@@ -9,6 +9,13 @@ slot is block_id * block_size + offset. This module applies the rotary embedding
 queries and keys, writes the new keys/values into their slots, then attends each query to its
 sequence's context (causal within the new tokens).
 
+The cache holds the model dtype, or with kv_cache_dtype "fp8" float8 e4m3 with one fp32 scale per
+token and KV head (amax / 448, set as the row is written; [num_blocks, block_size, kv_heads]).
+Decode attention reads the whole context every step, so at large batches it is bound by reading
+the cache, and fp8 halves those bytes (vLLM's `--kv-cache-dtype fp8`). Attention then sees keys and
+values as the cache holds them, also where it could use the fresh ones (prefill, scoring), so every
+path computes the same function.
+
 On CUDA (with Triton installed) the same steps run as Triton kernels: RoPE and the cache store in
 one (`fused_ops.qk_norm_rope`), paged decode attention and variable-length paged prefill attention
 (`triton_attention`); they read only device tensors, so a decode step can be captured in a CUDA
@@ -30,6 +37,23 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _TRITON_OFF = os.environ.get("OPENQWEN_NO_TRITON", "") not in ("", "0")
 # Tests only: set True (with TRITON_INTERPRET=1) to run the Triton path on CPU tensors, interpreted.
 _TRITON_ON_CPU = False
+
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # the largest finite e4m3 value
+KV_CACHE_DTYPES = ("auto", "fp8")
+
+
+def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., d] -> (fp8 [..., d], fp32 scales [...]): each row scaled so its largest |value| is 448.
+    The Triton store kernels compute the same: x * (448 / amax) rounded to nearest, scale amax / 448."""
+    xf = x.float()
+    amax = xf.abs().amax(-1).clamp_min(1e-12)
+    return (xf * (FP8_MAX / amax)[..., None]).to(FP8), amax / FP8_MAX
+
+
+def dequantize_kv(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (q.float() * scales[..., None]).to(dtype)
 
 
 def fast_path(x: torch.Tensor) -> bool:
@@ -64,6 +88,8 @@ class Attention(nn.Module):
         self.scale = head_dim ** -0.5
         self.k_cache = torch.empty(0)  # set by the model runner
         self.v_cache = torch.empty(0)
+        self.k_scale: torch.Tensor | None = None  # [blocks, block_size, Hkv] fp32 when the cache is fp8
+        self.v_scale: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
                 rope: tuple[torch.Tensor, torch.Tensor], q_norm: nn.Module | None = None,
@@ -77,7 +103,9 @@ class Attention(nn.Module):
         if use_cache and fast_path(q):
             return self._forward_triton(q, k, v, ctx, rope, q_norm, k_norm)
         q, k = apply_rotary_qk(q, k, rope, q_norm, k_norm)
-        if use_cache:
+        if self.k_scale is not None:
+            k, v = self._store_fp8(k, v, ctx.slot_mapping if use_cache else None)
+        elif use_cache:
             self.k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, k)
             self.v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, ctx.slot_mapping, v)
         if use_cache and ctx.decode_only:
@@ -95,26 +123,48 @@ class Attention(nn.Module):
         if rope_kernel_fits(q, k):
             from .fused_ops import qk_norm_rope
 
-            qk_norm_rope(q, k, *rope, q_norm, k_norm, kv_cache=(v, self.k_cache, self.v_cache, ctx.slot_mapping))
+            qk_norm_rope(q, k, *rope, q_norm, k_norm, kv_cache=(v, self.k_cache, self.v_cache, ctx.slot_mapping),
+                         kv_scales=self._scales())
         else:
             q, k = apply_rotary_qk(q, k, rope, q_norm, k_norm)
-            ta.store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping)
+            ta.store_kv(k, v, self.k_cache, self.v_cache, ctx.slot_mapping, self._scales())
         if ctx.decode_only:
             out = ta.decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables, ctx.context_lens, self.scale,
-                                      ctx.decode_splits)
+                                      ctx.decode_splits, kv_scales=self._scales())
         else:
             cu, max_q = ctx.cu_query_lens, ctx.max_query_len
             if cu is None:  # a context built without device metadata
                 lens = torch.tensor([0] + ctx.query_lens, dtype=torch.int32)
                 cu, max_q = lens.cumsum(0, dtype=torch.int32).to(q.device), max(ctx.query_lens)
             out = ta.prefill_attention(q, self.k_cache, self.v_cache, ctx.block_tables, cu, ctx.context_lens, max_q,
-                                       self.scale)
+                                       self.scale, kv_scales=self._scales())
         return out.view(q.shape[0], self.num_heads * self.head_dim)
 
-    def _gather(self, cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
-        """A sequence's first `length` cached rows: [length, Hkv, d]."""
-        blocks = -(-length // cache.shape[1])
-        return cache[block_table[:blocks]].flatten(0, 1)[:length]
+    def _scales(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.k_scale is None else (self.k_scale, self.v_scale)
+
+    def _store_fp8(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantize the new keys and values, write them to `slots` (None: no cache), and return
+        them as the cache holds them."""
+        (kq, ks), (vq, vs) = quantize_kv(k), quantize_kv(v)
+        if slots is not None:
+            for cache, scales, q, s in ((self.k_cache, self.k_scale, kq, ks), (self.v_cache, self.v_scale, vq, vs)):
+                # through uint8: PyTorch has no index_copy_ for float8 on the CPU
+                cache.view(torch.uint8).view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, q.view(torch.uint8))
+                scales.view(-1, self.num_kv_heads).index_copy_(0, slots, s)
+        return dequantize_kv(kq, ks, k.dtype), dequantize_kv(vq, vs, v.dtype)
+
+    def _cached(self, index: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K and V blocks `index` (any shape of block ids) -> [*index.shape, block_size, Hkv, d]."""
+        k, v = self.k_cache[index], self.v_cache[index]
+        if self.k_scale is not None:
+            k, v = dequantize_kv(k, self.k_scale[index], dtype), dequantize_kv(v, self.v_scale[index], dtype)
+        return k, v
+
+    def _gather(self, block_table: torch.Tensor, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sequence's first `length` cached K and V rows: [length, Hkv, d] each."""
+        k, v = self._cached(block_table[:-(-length // self.k_cache.shape[1])], dtype)
+        return k.flatten(0, 1)[:length], v.flatten(0, 1)[:length]
 
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """One SDPA call per sequence; a sequence with a cached prefix reads its keys from the cache."""
@@ -124,8 +174,7 @@ class Attention(nn.Module):
             if ctx_len == q_len:
                 ki, vi = k[start:start + q_len], v[start:start + q_len]
             else:
-                ki = self._gather(self.k_cache, ctx.block_tables[i], ctx_len)
-                vi = self._gather(self.v_cache, ctx.block_tables[i], ctx_len)
+                ki, vi = self._gather(ctx.block_tables[i], ctx_len, q.dtype)
             outputs.append(self._sdpa(qi, ki, vi, causal_offset=ctx_len - q_len))
             start += q_len
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
@@ -154,9 +203,10 @@ class Attention(nn.Module):
         max_len = max(ctx.context_lens_host)
         blocks = -(-max_len // ctx.block_size)
         table = ctx.block_tables[:, :blocks]
+        k, v = self._cached(table, q.dtype)
         # [B, S, Hkv, d] -> [B, Hkv, S, d]
-        k = self.k_cache[table].flatten(1, 2)[:, :max_len].transpose(1, 2)
-        v = self.v_cache[table].flatten(1, 2)[:, :max_len].transpose(1, 2)
+        k = k.flatten(1, 2)[:, :max_len].transpose(1, 2)
+        v = v.flatten(1, 2)[:, :max_len].transpose(1, 2)
         qg = q.view(batch, self.num_kv_heads, group, self.head_dim)
         scores = torch.matmul(qg, k.transpose(-1, -2)).float() * self.scale  # [B, Hkv, g, S]
         if batch > 1 or max_len != ctx.context_lens_host[0]:

@@ -23,6 +23,7 @@ import triton.language as tl
 from torch import nn
 
 from .pdl import launch_options, pdl_start, use_pdl
+from .triton_attention import checked_scales, fp8_scale
 
 
 # -- RMSNorm, optionally fused with the residual add -------------------------------------------------
@@ -95,10 +96,10 @@ def _norm_rope_heads(X, W, Cos, Sin, t, stride_t, stride_h, eps,
 
 @triton.jit
 def _qk_norm_rope_kernel(
-    Q, K, V, Cos, Sin, Wq, Wk, K_cache, V_cache, Slots,
+    Q, K, V, Cos, Sin, Wq, Wk, K_cache, V_cache, K_scale, V_scale, Slots,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_st, eps,
     HQ: tl.constexpr, HK: tl.constexpr, BLOCK_H: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr,
-    STORE: tl.constexpr, PDL: tl.constexpr,
+    STORE: tl.constexpr, QUANT: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_start(PDL)
     t = tl.program_id(0).to(tl.int64)
@@ -113,21 +114,34 @@ def _qk_norm_rope_kernel(
             offs = tl.arange(0, HALF)[None, :]
             mask = (heads < HK) & (slot >= 0)
             row = slot * (HK * 2 * HALF) + heads * (2 * HALF) + offs  # cache [blocks, page, Hkv, d], contiguous
-            tl.store(K_cache + row, k1, mask=mask)
-            tl.store(K_cache + row + HALF, k2, mask=mask)
             v = V + t * stride_vt + heads * stride_vh + offs
-            tl.store(V_cache + row, tl.load(v, mask=mask), mask=mask)
-            tl.store(V_cache + row + HALF, tl.load(v + HALF, mask=mask), mask=mask)
+            v1, v2 = tl.load(v, mask=mask, other=0.0), tl.load(v + HALF, mask=mask, other=0.0)
+            _store_halves(k1, k2, K_cache + row, K_scale + slot * HK + heads, mask, HALF, QUANT)
+            _store_halves(v1, v2, V_cache + row, V_scale + slot * HK + heads, mask, HALF, QUANT)
+
+
+@triton.jit
+def _store_halves(x1, x2, Cache_row, Scale_row, mask, HALF: tl.constexpr, QUANT: tl.constexpr):
+    """Head rows given as their two halves [heads, d/2] into the cache; with QUANT as fp8 with one
+    scale per row (Scale_row and mask: [heads, 1]), as `triton_attention.store_kv` does."""
+    if QUANT:
+        a, b = x1.to(tl.float32), x2.to(tl.float32)
+        inv, scale = fp8_scale(tl.maximum(tl.max(tl.abs(a), 1), tl.max(tl.abs(b), 1)))
+        x1, x2 = a * inv[:, None], b * inv[:, None]
+        tl.store(Scale_row, scale[:, None], mask=mask)
+    tl.store(Cache_row, x1.to(Cache_row.dtype.element_ty), mask=mask)
+    tl.store(Cache_row + HALF, x2.to(Cache_row.dtype.element_ty), mask=mask)
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
                  kv_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """In place: q [T, H, d], k [T, Hkv, d] (head rows contiguous); cos/sin [T, d]. Optional
     per-head RMSNorm modules (weight [d], eps) before the rotation. With `kv_cache` = (v, k_cache,
     v_cache, slot_mapping) the same kernel also writes the rotated keys and v into the cache rows
-    `slot_mapping` (what `triton_attention.store_kv` does), one kernel fewer per layer."""
+    `slot_mapping` (what `triton_attention.store_kv` does, fp8 with `kv_scales` too), one kernel
+    fewer per layer."""
     T, hq, d = q.shape
     hk = k.shape[1]
     assert q.stride(2) == 1 and k.stride(2) == 1 and cos.stride(1) == 1 and sin.stride(1) == 1 and d % 2 == 0
@@ -142,14 +156,16 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     if kv_cache is not None:
         v, k_cache, v_cache, slots = kv_cache
         assert v.stride(2) == 1 and k_cache.is_contiguous() and v_cache.is_contiguous()
+        k_scale, v_scale = checked_scales(k_cache, kv_scales)
     else:
         v, k_cache, v_cache, slots = k, k, k, cos  # unused
+        k_scale = v_scale = k
     pdl = use_pdl(q)
     _qk_norm_rope_kernel[(T, 2)](
-        q, k, v, cos, sin, wq, wk, k_cache, v_cache, slots, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        q, k, v, cos, sin, wq, wk, k_cache, v_cache, k_scale, v_scale, slots, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), cos.stride(0), sin.stride(0), eps,
         HQ=hq, HK=hk, BLOCK_H=triton.next_power_of_2(max(hq, hk)), HALF=half, HAS_NORM=has_norm,
-        STORE=kv_cache is not None, PDL=pdl, num_warps=4 if hq * d >= 2048 else 1, **launch_options(pdl),
+        STORE=kv_cache is not None, QUANT=kv_scales is not None, PDL=pdl, num_warps=4 if hq * d >= 2048 else 1, **launch_options(pdl),
     )
     return q, k
 

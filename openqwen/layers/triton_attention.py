@@ -19,6 +19,10 @@ Three kernels:
     and L new tokens sees keys 0 .. C - L + i. Covers plain prefill, prefill after a cached prefix,
     chunked prefill and mixed prefill/decode batches.
 
+With an fp8 cache (kv_cache_dtype "fp8") the store quantizes each head row with its own scale, and
+the attention kernels fold the scales into the scores (K) and the probabilities (V), so the rows
+are only widened, never rescaled element by element.
+
 Softmax runs in fp32 with the running max / sum of flash attention. These kernels are imported only
 on CUDA (or by the tests under TRITON_INTERPRET=1), so the package needs no Triton on a CPU.
 """
@@ -33,44 +37,78 @@ from .pdl import launch_options, pdl_start, use_pdl
 
 
 @triton.jit
+def fp8_scale(amax):
+    """Per-row largest |value| -> (the multiplier into e4m3's range, the scale the cache keeps);
+    the same arithmetic as `attention.quantize_kv` (IEEE-rounded divisions, as PyTorch's)."""
+    amax = tl.maximum(amax, 1e-12)
+    return tl.fdiv(tl.full(amax.shape, 448.0, tl.float32), amax, ieee_rounding=True), tl.fdiv(amax, 448.0, ieee_rounding=True)
+
+
+@triton.jit
+def _store_rows(X, Cache, Scale, t, stride_t, slot, HKV: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_D: tl.constexpr, QUANT: tl.constexpr):
+    """Token t's head rows of X into cache slot `slot` (-1: nothing); fp8 with QUANT, a scale per head."""
+    heads = tl.arange(0, BLOCK_H)
+    offs = heads[:, None] * D + tl.arange(0, BLOCK_D)[None, :]
+    head_mask = (heads < HKV) & (slot >= 0)
+    mask = head_mask[:, None] & (tl.arange(0, BLOCK_D)[None, :] < D)
+    x = tl.load(X + t * stride_t + offs, mask=mask, other=0.0)
+    if QUANT:
+        inv, scale = fp8_scale(tl.max(tl.abs(x.to(tl.float32)), 1))
+        x = x.to(tl.float32) * inv[:, None]
+        tl.store(Scale + slot * HKV + heads, scale, mask=head_mask)
+    tl.store(Cache + slot * (HKV * D) + offs, x.to(Cache.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _store_kv_kernel(
-    K, V, K_cache, V_cache, Slots,
-    stride_kt, stride_vt,
-    ROW: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+    K, V, K_cache, V_cache, K_scale, V_scale, Slots, stride_kt, stride_vt,
+    HKV: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    QUANT: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_start(PDL)
     t = tl.program_id(0)
     slot = tl.load(Slots + t).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    mask = (offs < ROW) & (slot >= 0)
-    k = tl.load(K + t * stride_kt + offs, mask=mask)
-    v = tl.load(V + t * stride_vt + offs, mask=mask)
-    tl.store(K_cache + slot * ROW + offs, k, mask=mask)
-    tl.store(V_cache + slot * ROW + offs, v, mask=mask)
+    _store_rows(K, K_cache, K_scale, t, stride_kt, slot, HKV, D, BLOCK_H, BLOCK_D, QUANT)
+    _store_rows(V, V_cache, V_scale, t, stride_vt, slot, HKV, D, BLOCK_H, BLOCK_D, QUANT)
 
 
-def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """k, v [T, Hkv, d] (heads contiguous within a token) -> cache rows `slot_mapping` [T]."""
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+             kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """k, v [T, Hkv, d] (heads contiguous within a token) -> cache rows `slot_mapping` [T]. With
+    `kv_scales` (fp8 cache) each row is quantized and its scale written there."""
     T, hkv, d = k.shape
     assert k.stride(1) == d and k.stride(2) == 1 and v.stride(1) == d and v.stride(2) == 1
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     if T == 0:
         return
-    row = hkv * d
+    k_scale, v_scale = checked_scales(k_cache, kv_scales)
     pdl = use_pdl(k)
-    _store_kv_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
-                           ROW=row, BLOCK=triton.next_power_of_2(row), PDL=pdl, num_warps=4 if row >= 1024 else 1,
+    _store_kv_kernel[(T,)](k, v, k_cache, v_cache, k_scale, v_scale, slot_mapping, k.stride(0), v.stride(0),
+                           HKV=hkv, D=d, BLOCK_H=triton.next_power_of_2(hkv), BLOCK_D=triton.next_power_of_2(d),
+                           QUANT=kv_scales is not None, PDL=pdl, num_warps=4 if hkv * d >= 1024 else 1,
                            **launch_options(pdl))
+
+
+def checked_scales(k_cache: torch.Tensor, kv_scales: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp8 cache's scale tensors [blocks, page, Hkv] (the kernels index them by slot * Hkv +
+    head), or placeholders the kernels never touch."""
+    if kv_scales is None:
+        return k_cache, k_cache
+    assert k_cache.dtype == torch.float8_e4m3fn
+    for scales in kv_scales:
+        assert scales.is_contiguous() and scales.dtype == torch.float32 and scales.shape == k_cache.shape[:3]
+    return kv_scales
 
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_kernel(
-    Q, K_cache, V_cache, Block_tables, Context_lens, Out, Part_out, Part_lse, Counters,
+    Q, K_cache, V_cache, K_scale, V_scale, Block_tables, Context_lens, Out, Part_out, Part_lse, Counters,
     stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
     scale, num_splits,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr,
+    PRECISION: tl.constexpr, QUANT: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_start(PDL)
     seq = tl.program_id(0)
@@ -100,14 +138,19 @@ def _decode_kernel(
         block = tl.load(table + pos // PAGE, mask=valid, other=0).to(tl.int64)
         rows = block * stride_cb + (pos % PAGE) * stride_cs + kvh * stride_ch
         kv_mask = valid[:, None] & d_mask[None, :]
-        k = tl.load(K_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(K_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [G, N]
+        if QUANT:
+            scale_rows = (block * PAGE + pos % PAGE) * tl.num_programs(1) + kvh
+            s = s * tl.load(K_scale + scale_rows, mask=valid, other=0.0)[None, :]
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
+        if QUANT:  # the value rows' scales, folded into the probabilities
+            p = p * tl.load(V_scale + scale_rows, mask=valid, other=0.0)[None, :]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
@@ -169,13 +212,16 @@ def choose_num_splits(batch: int, num_kv_heads: int, num_sms: int = 132, max_spl
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, num_splits: int = 1, *,
+                     kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
                      block_n: int | None = None, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """q [B, H, d] (one new token per sequence, already in the cache) -> out [B, H, d].
-    The split count is a run-time argument (one compiled kernel serves every graph size)."""
+    The split count is a run-time argument (one compiled kernel serves every graph size).
+    `kv_scales`: the per-row scales of an fp8 cache."""
     B, H, d = q.shape
     _, page, hkv, _ = k_cache.shape
     assert q.stride(2) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1
     group = H // hkv
+    k_scale, v_scale = checked_scales(k_cache, kv_scales)
     out = torch.empty(B, H, d, dtype=q.dtype, device=q.device)
     block_d = triton.next_power_of_2(d)
     # tl.dot needs at least 16 rows: small query groups are padded (masked) up to 16.
@@ -188,12 +234,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     else:
         part_out = part_lse = counters = out  # unused
     _decode_kernel[(B, hkv, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, part_out, part_lse, counters,
+        q, k_cache, v_cache, k_scale, v_scale, block_tables, context_lens, out, part_out, part_lse, counters,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), scale, num_splits,
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=d, BLOCK_D=block_d, PAGE=page,
         BLOCK_N=block_n or (64 if d <= 128 else 32), SPLIT=num_splits > 1,
-        BLOCK_S=max(16, triton.next_power_of_2(num_splits)), PRECISION=_precision(q.dtype), PDL=pdl,
+        BLOCK_S=max(16, triton.next_power_of_2(num_splits)), PRECISION=_precision(q.dtype),
+        QUANT=kv_scales is not None, PDL=pdl,
         num_warps=num_warps, num_stages=num_stages, **launch_options(pdl),
     )
     return out
@@ -216,11 +263,11 @@ def _split_counters(device: torch.device, n: int) -> torch.Tensor:
 
 @triton.jit
 def _prefill_kernel(
-    Q, K_cache, V_cache, Block_tables, Cu_q, Context_lens, Out,
+    Q, K_cache, V_cache, K_scale, V_scale, Block_tables, Cu_q, Context_lens, Out,
     stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ot, stride_oh,
     scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, QUANT: tl.constexpr,
 ):
     mblock = tl.program_id(0)
     seq = tl.program_id(1)
@@ -252,15 +299,20 @@ def _prefill_kernel(
         block = tl.load(table + pos // PAGE, mask=valid, other=0).to(tl.int64)
         rows = block * stride_cb + (pos % PAGE) * stride_cs + kvh * stride_ch
         kv_mask = valid[:, None] & d_mask[None, :]
-        k = tl.load(K_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(K_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [M, N]
+        if QUANT:
+            scale_rows = (block * PAGE + pos % PAGE) * (tl.num_programs(2) // GROUP) + kvh
+            s = s * tl.load(K_scale + scale_rows, mask=valid, other=0.0)[None, :]
         s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V_cache + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
+        if QUANT:
+            p = p * tl.load(V_scale + scale_rows, mask=valid, other=0.0)[None, :]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
@@ -271,22 +323,23 @@ def _prefill_kernel(
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                       cu_query_lens: torch.Tensor, context_lens: torch.Tensor, max_query_len: int,
-                      scale: float) -> torch.Tensor:
+                      scale: float, kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """q [T, H, d] of B sequences' new tokens (cu_query_lens [B+1]) -> out [T, H, d]."""
     T, H, d = q.shape
     _, page, hkv, _ = k_cache.shape
     assert q.stride(2) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1
     B = cu_query_lens.shape[0] - 1
+    k_scale, v_scale = checked_scales(k_cache, kv_scales)
     out = torch.empty(T, H, d, dtype=q.dtype, device=q.device)
     block_d = triton.next_power_of_2(d)
     block_m = 64 if max_query_len > 32 else 16
     block_n = 64 if d <= 128 else 32
     grid = (triton.cdiv(max_query_len, block_m), B, H)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, out,
+        q, k_cache, v_cache, k_scale, v_scale, block_tables, cu_query_lens, context_lens, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), scale,
         GROUP=H // hkv, HEAD_DIM=d, BLOCK_D=block_d, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n,
-        PRECISION=_precision(q.dtype), num_warps=4, num_stages=2,
+        PRECISION=_precision(q.dtype), QUANT=kv_scales is not None, num_warps=4, num_stages=2,
     )
     return out

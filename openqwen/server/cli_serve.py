@@ -39,6 +39,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size on the CPU (default 4)")
     e.add_argument("--quantize", choices=["none", "q8_0", "q4_k"], default=None,
                    help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints (default: as stored)")
+    e.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="KV cache: auto = the model dtype; fp8 = e4m3 with a scale per token and head (half of bf16's bytes)")
     e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: every decode step runs eagerly (GPU)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -82,7 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     options = {k: getattr(args, k) for k in ("max_model_len", "max_num_seqs", "kv_cache_gb", "quantize") if getattr(args, k) is not None}
     log.info("loading model", extra={"model": args.model})
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, enforce_eager=args.enforce_eager, **options)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, enforce_eager=args.enforce_eager,
+              kv_cache_dtype=args.kv_cache_dtype, **options)
     names = args.served_model_name or [served_name(args.model)]
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue)
     app = create_app(llm, names, api_key=args.api_key, limits=limits)
