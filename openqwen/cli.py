@@ -40,7 +40,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints "
                         "(default: GGUF weights stay quantized, dense stay dense)")
     p.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
-                   help="KV cache: auto = the model dtype; fp8 = e4m3 with a scale per token and head (half of bf16's bytes)")
+                   help="KV cache: auto = the model dtype; fp8 = e4m3 with a scale per token and head "
+                        "(half of bf16's bytes)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,15 +143,18 @@ class Attention(nn.Module):
     def _scales(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None if self.k_scale is None else (self.k_scale, self.v_scale)
 
-    def _store_fp8(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _store_fp8(self, k: torch.Tensor, v: torch.Tensor,
+                   slots: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantize the new keys and values, write them to `slots` (None: no cache), and return
         them as the cache holds them."""
         (kq, ks), (vq, vs) = quantize_kv(k), quantize_kv(v)
         if slots is not None:
-            for cache, scales, q, s in ((self.k_cache, self.k_scale, kq, ks), (self.v_cache, self.v_scale, vq, vs)):
+            for cache, scales, rows, row_scales in ((self.k_cache, self.k_scale, kq, ks),
+                                                    (self.v_cache, self.v_scale, vq, vs)):
                 # through uint8: PyTorch has no index_copy_ for float8 on the CPU
-                cache.view(torch.uint8).view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, q.view(torch.uint8))
-                scales.view(-1, self.num_kv_heads).index_copy_(0, slots, s)
+                flat = cache.view(torch.uint8).view(-1, self.num_kv_heads, self.head_dim)
+                flat.index_copy_(0, slots, rows.view(torch.uint8))
+                scales.view(-1, self.num_kv_heads).index_copy_(0, slots, row_scales)
         return dequantize_kv(kq, ks, k.dtype), dequantize_kv(vq, vs, v.dtype)
 
     def _cached(self, index: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,10 +162,11 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
         k_scale = v_scale = k
     pdl = use_pdl(q)
     _qk_norm_rope_kernel[(T, 2)](
-        q, k, v, cos, sin, wq, wk, k_cache, v_cache, k_scale, v_scale, slots, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        v.stride(0), v.stride(1), cos.stride(0), sin.stride(0), eps,
+        q, k, v, cos, sin, wq, wk, k_cache, v_cache, k_scale, v_scale, slots,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0), sin.stride(0), eps,
         HQ=hq, HK=hk, BLOCK_H=triton.next_power_of_2(max(hq, hk)), HALF=half, HAS_NORM=has_norm,
-        STORE=kv_cache is not None, QUANT=kv_scales is not None, PDL=pdl, num_warps=4 if hq * d >= 2048 else 1, **launch_options(pdl),
+        STORE=kv_cache is not None, QUANT=kv_scales is not None, PDL=pdl, num_warps=4 if hq * d >= 2048 else 1,
+        **launch_options(pdl),
     )
     return q, k
 

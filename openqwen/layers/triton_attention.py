@@ -41,7 +41,8 @@ def fp8_scale(amax):
     """Per-row largest |value| -> (the multiplier into e4m3's range, the scale the cache keeps);
     the same arithmetic as `attention.quantize_kv` (IEEE-rounded divisions, as PyTorch's)."""
     amax = tl.maximum(amax, 1e-12)
-    return tl.fdiv(tl.full(amax.shape, 448.0, tl.float32), amax, ieee_rounding=True), tl.fdiv(amax, 448.0, ieee_rounding=True)
+    inv = tl.fdiv(tl.full(amax.shape, 448.0, tl.float32), amax, ieee_rounding=True)
+    return inv, tl.fdiv(amax, 448.0, ieee_rounding=True)
 
 
 @triton.jit
@@ -90,7 +91,8 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
                            **launch_options(pdl))
 
 
-def checked_scales(k_cache: torch.Tensor, kv_scales: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def checked_scales(k_cache: torch.Tensor,
+                   kv_scales: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The fp8 cache's scale tensors [blocks, page, Hkv] (the kernels index them by slot * Hkv +
     head), or placeholders the kernels never touch."""
     if kv_scales is None:

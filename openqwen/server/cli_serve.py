@@ -40,7 +40,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--quantize", choices=["none", "q8_0", "q4_k"], default=None,
                    help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints (default: as stored)")
     e.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
-                   help="KV cache: auto = the model dtype; fp8 = e4m3 with a scale per token and head (half of bf16's bytes)")
+                   help="KV cache: auto = the model dtype; fp8 = e4m3 with a scale per token and head "
+                        "(half of bf16's bytes)")
     e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: every decode step runs eagerly (GPU)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
