@@ -14,7 +14,7 @@ from torch import nn
 from .config import ModelArgs
 from .kernels.quant import SUPPORTED_TYPES, QuantLinear
 from .kernels.quant_embedding import QuantEmbedding
-from .layers.attention import KV_CACHE_DTYPES
+from .layers.attention import check_kv_cache_dtype
 from .engine.llm_engine import LLMEngine
 from .engine.model_runner import ModelRunner, kv_bytes_per_token
 from .registry import resolve_model
@@ -95,8 +95,7 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
     decode on a GPU; on the CPU decode then leaves the native step for the PyTorch path)."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}; use one of none, q8_0, q4_k")
-    if kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise ValueError(f"unknown kv_cache_dtype {kv_cache_dtype!r}; use one of {', '.join(KV_CACHE_DTYPES)}")
+    check_kv_cache_dtype(kv_cache_dtype)  # before the weights load
     path = resolve_model(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)

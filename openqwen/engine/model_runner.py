@@ -31,7 +31,7 @@ from ..kernels.native_decode import NativeDecoder
 from ..kernels.proxy_head import ProxyHead
 from ..kernels.huge_pages import HugePageArena
 from ..kernels.quant import DENSE_MIN_ROWS, place_native_weights, release_packed_sources
-from ..layers.attention import FP8, KV_CACHE_DTYPES, Attention, AttentionContext, fast_path
+from ..layers.attention import FP8, Attention, AttentionContext, check_kv_cache_dtype, fast_path
 from .sampler import SampleRequest, TokenLogprobs, choose_on_device, moved_tokens, sample
 from .scheduler import ScheduledSeq
 from .sequence import PENDING_TOKEN
@@ -75,8 +75,7 @@ class ModelRunner:
         OPENQWEN_ENFORCE_EAGER=1. It can also be switched later through the attribute of the same
         name. `release_pages(t)` drops the resident pages of a memory-mapped weight (see
         ProxyHead.build)."""
-        if kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"unknown kv_cache_dtype {kv_cache_dtype!r}; use one of {', '.join(KV_CACHE_DTYPES)}")
+        check_kv_cache_dtype(kv_cache_dtype)
         self.model, self.device, self.dtype = model, device, dtype
         self.block_size, self.num_blocks = block_size, num_blocks
         args = model.args

@@ -44,6 +44,11 @@ FP8_MAX = 448.0  # the largest finite e4m3 value
 KV_CACHE_DTYPES = ("auto", "fp8")
 
 
+def check_kv_cache_dtype(name: str) -> None:
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"unknown kv_cache_dtype {name!r}; use one of {', '.join(KV_CACHE_DTYPES)}")
+
+
 def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., d] -> (fp8 [..., d], fp32 scales [...]): each row scaled so its largest |value| is 448.
     The Triton store kernels compute the same: x * (448 / amax) rounded to nearest, scale amax / 448."""
