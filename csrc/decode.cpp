@@ -200,9 +200,10 @@ void free_plan(PyObject* capsule) { delete static_cast<Plan*>(PyCapsule_GetPoint
 }  // namespace
 
 // make_decode_plan((D, H, Hkv, d, I, block_size), eps, scale, final_norm_ptr, embedding, layers):
-// embedding is None or (type, table_ptr, rows) of a quantized token embedding [rows, D]; each layer
-// is a tuple of 41 ints: input_norm, post_attention_norm, q_norm (0: none), k_norm, k_cache,
-// v_cache pointers, then (type, weight, bias (0: none), N, K) for q, k, v, o, gate, up, down.
+// embedding is None or (type, table_ptr, rows) of a quantized token embedding [rows, D], in GGUF
+// blocks or Q5_0_PAIRS (dequantize_row reads either); each layer is a tuple of 41 ints: input_norm,
+// post_attention_norm, q_norm (0: none), k_norm, k_cache, v_cache pointers, then (type, weight,
+// bias (0: none), N, K) for q, k, v, o, gate, up, down.
 PyObject* py_make_decode_plan(PyObject*, PyObject* args) {
     auto plan = std::make_unique<Plan>();
     long long dims[6], final_norm;
@@ -224,7 +225,7 @@ PyObject* py_make_decode_plan(PyObject*, PyObject* args) {
         long long type, table, rows;
         if (!PyArg_ParseTuple(embedding, "LLL", &type, &table, &rows)) return nullptr;
         p.embedding = Embedding{type_index(static_cast<int>(type)), reinterpret_cast<const uint8_t*>(table), rows};
-        if (p.embedding.type_idx < 0 || p.embedding.type_idx == kQ5_0PairsIndex || p.D % kQK != 0) {
+        if (p.embedding.type_idx < 0 || p.D % kQK != 0) {
             PyErr_Format(PyExc_ValueError, "decode plan: unsupported embedding type %lld", type);
             return nullptr;
         }

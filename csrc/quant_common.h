@@ -183,7 +183,8 @@ const KernelTable& scalar_kernels();
 const KernelTable* avx2_kernels();
 const KernelTable* neon_kernels();
 
-// Dequantizes one row of K weights to fp32, bit-identical to gguf.quants.dequantize (GGML types only).
+// Dequantizes one row of K weights to fp32, bit-identical to gguf.quants.dequantize (a Q5_0_PAIRS row
+// as the Q5_0 row it was laid out from).
 void dequantize_row(int type_idx, const uint8_t* w, int64_t K, float* out);
 
 // One row of K / 32 Q5_0 blocks to Q5_0_PAIRS and back (src and dst do not overlap).

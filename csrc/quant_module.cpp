@@ -73,10 +73,6 @@ PyObject* py_dequantize(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const int64_t N = a[3], K = a[4];
     const int idx = check_type(a[0], K);
     if (idx < 0) return nullptr;
-    if (idx == kQ5_0PairsIndex) {
-        PyErr_SetString(PyExc_ValueError, "dequantize reads GGUF blocks, not the Q5_0_PAIRS layout");
-        return nullptr;
-    }
     if (N < 0) {
         PyErr_SetString(PyExc_ValueError, "N must be non-negative");
         return nullptr;
@@ -176,7 +172,7 @@ PyMethodDef kMethods[] = {
      "mul_mat(type, w_ptr, x_ptr, y_ptr, T, N, K): y[T,N] = x[T,K] @ W[N,K]^T over raw GGUF blocks "
      "(or a repack()ed copy, type packed_type(...))"},
     {"dequantize", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dequantize)), METH_FASTCALL,
-     "dequantize(type, w_ptr, out_ptr, N, K): raw GGUF blocks to fp32 rows"},
+     "dequantize(type, w_ptr, out_ptr, N, K): raw GGUF blocks (or Q5_0_PAIRS) to fp32 rows"},
     {"packed_type", py_packed_type, METH_O,
      "packed_type(type) -> the type id of the layout mul_mat reads fastest for GGML type `type`"},
     {"repack", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_repack)), METH_FASTCALL,

@@ -2,6 +2,7 @@
 // CPUs without AVX2 or NEON. Each type decodes a 32-weight group to integers q and floats (a, c)
 // with w = a * q + c, so one generic loop serves the dot products and the dequantizer.
 #include <cmath>
+#include <vector>
 
 #include "quant_common.h"
 
@@ -255,6 +256,13 @@ void unpack_q5_0_pairs(const uint8_t* src, uint8_t* dst, int64_t blocks) {
 }
 
 void dequantize_row(int type_idx, const uint8_t* w, int64_t K, float* out) {
+    if (type_idx == kQ5_0PairsIndex) {  // back to GGUF blocks first
+        thread_local std::vector<uint8_t> blocks;
+        blocks.resize(K / kQK * kTypes[kQ5_0Index].block_bytes);
+        unpack_q5_0_pairs(w, blocks.data(), K / kQK);
+        w = blocks.data();
+        type_idx = kQ5_0Index;
+    }
     const DecodeFn decode = kDecoders[type_idx];
     Group grp;
     for (int64_t g = 0; g < K / kQK; ++g) {

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize as gguf_dequantize
 from torch import nn
 
 from gguf_fixtures import write_tiny_gguf
@@ -206,3 +207,21 @@ def test_release_pages_keeps_the_bytes(tmp_path):
     written[:] = 7
     f.release_pages(written)  # a written view keeps what was written
     assert bool((written == 7).all())
+
+
+def test_embedding_reads_the_kernels_copy(tmp_path):
+    """The proxy head re-lays the coarse table for the kernels (Q5_0 under AVX2) and releases its
+    GGUF pages; lookups (prefill, and the native decode step) then read that copy, not the file."""
+    path = tmp_path / "m.gguf"
+    write_tiny_gguf(path, arch="qwen2", qtype=Q.Q8_0, embed_qtype=Q.Q5_0)
+    llm = LLM(str(path), device="cpu", block_size=4, max_model_len=64, kv_cache_gb=0.01)
+    embed = llm.engine.runner.model.model.embed_tokens
+    if not embed.table.has_packed_copy():
+        pytest.skip("these kernels read Q5_0 as is: there is no copy")
+    ids = torch.tensor([0, 3, 77, embed.table.out_features - 1])
+    expected = torch.from_numpy(gguf_dequantize(embed.table.qweight[ids].numpy(), Q.Q5_0))
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    before = llm.generate([[10, 20, 30]], params)[0].outputs[0].token_ids
+    embed.table.qweight.data.zero_()  # behind the version counter: only a read of the GGUF bytes sees it
+    assert torch.equal(embed(ids), expected)
+    assert llm.generate([[10, 20, 30]], params)[0].outputs[0].token_ids == before

@@ -237,11 +237,19 @@ def test_huge_page_arena_hands_out_disjoint_aligned_memory():
 
 
 @needs_native
-def test_native_rejects_packed_layout_for_dequantize():
+@pytest.mark.parametrize("k", [32, 224, 928])  # 1, 7 and 29 blocks: short groups, odd tails
+def test_dequantize_reads_the_packed_copy(k):
+    """With a re-laid Q5_0 copy, dequantize() reads that copy (a model may have released the GGUF
+    bytes' pages) and still gives gguf's dequantizer's values."""
     if kq._native.packed_type(int(Q.Q5_0)) == int(Q.Q5_0):
-        pytest.skip("these kernels read Q5_0 as is")
-    with pytest.raises(ValueError, match="Q5_0_PAIRS"):
-        kq._native.dequantize(kq._native.packed_type(int(Q.Q5_0)), 0, 0, 1, 32)
+        pytest.skip("these kernels read Q5_0 as is: there is no copy")
+    n = 8
+    raw = random_blocks(Q.Q5_0, n, k, seed=k)
+    layer = QuantLinear.from_raw(torch.from_numpy(raw.copy()), Q.Q5_0, n, k)
+    layer(torch.randn(1, k))
+    assert layer.has_packed_copy()
+    layer.qweight.data.zero_()  # behind the version counter: only a read of qweight would see it
+    torch.testing.assert_close(layer.dequantize(), torch.from_numpy(gguf_dequantize(raw, Q.Q5_0)), rtol=0, atol=0)
 
 
 @needs_native

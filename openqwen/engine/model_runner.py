@@ -30,7 +30,7 @@ from torch import nn
 from ..kernels.native_decode import NativeDecoder
 from ..kernels.proxy_head import ProxyHead
 from ..kernels.huge_pages import HugePageArena
-from ..kernels.quant import DENSE_MIN_ROWS, place_native_weights, release_packed_sources
+from ..kernels.quant import DENSE_MIN_ROWS, place_native_weights
 from ..layers.attention import FP8, Attention, AttentionContext, check_kv_cache_dtype, fast_path
 from .sampler import SampleRequest, TokenLogprobs, choose_on_device, moved_tokens, sample
 from .scheduler import ScheduledSeq
@@ -135,8 +135,6 @@ class ModelRunner:
         if fp8 and self.torch_single_thread:
             logging.getLogger(__name__).warning("kv_cache_dtype fp8 on the CPU: decode runs on the PyTorch path, "
                                                 "not the native decode step (half the cache memory, slower decode)")
-        if release_pages is not None:
-            release_packed_sources(model, release_pages)
 
     # -- inputs ----------------------------------------------------------------------------------
     def _tensor(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:

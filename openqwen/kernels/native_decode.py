@@ -65,12 +65,16 @@ class NativeDecoder:
         # after an in-place write to one of them (its version counter moves) rebuilds the copies,
         # at the same addresses, so the plan sees the write as it would on the GGUF bytes.
         self._copied = [lin for layer in inner.layers for lin in _linears(layer) if lin._qtype_id == quant._Q5_0]
-        self._copied_weights = [lin.qweight for lin in self._copied]
-        self._copied_version = sum(w._version for w in self._copied_weights)
         embed = inner.embed_tokens
         self._embeds = isinstance(embed, QuantEmbedding) and embed.table.qweight.device.type == "cpu"
-        embedding = ((embed.table._qtype_id, embed.table.qweight.data_ptr(), embed.table.out_features)
-                     if self._embeds else None)
+        embedding = None
+        if self._embeds:  # rows read from the kernels' copy where the proxy head made one
+            table_type, table = embed.table.row_source()
+            embedding = (int(table_type), table.data_ptr(), embed.table.out_features)
+            if embed.table.has_packed_copy():
+                self._copied.append(embed.table)
+        self._copied_weights = [lin.qweight for lin in self._copied]
+        self._copied_version = sum(w._version for w in self._copied_weights)
         self._rope = torch.empty(2, 0, args.head_dim)  # cos and sin rows of positions 0 .. n-1
         self._plan = quant._native.make_decode_plan(dims, inner.norm.eps, attention.scale,
                                                     _fp32_ptr(inner.norm.weight), embedding, layer_fields)

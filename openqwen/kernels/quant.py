@@ -190,8 +190,8 @@ class QuantLinear(torch.nn.Module):
 
         Usually the GGUF blocks in `qweight`. For Q5_0 under the AVX2 kernels, a copy laid out once
         for them (Q5_0_PAIRS in csrc/quant_common.h): same size, fewer operations per weight, results
-        bit-identical. Only native calls see it; qweight, state_dict, dequantize() and the PyTorch
-        path keep the GGUF bytes. The copy follows qweight: it is rebuilt, at the same address,
+        bit-identical. Native calls and row reads (row_source) see it; qweight, state_dict and the
+        PyTorch path keep the GGUF bytes. The copy follows qweight: it is rebuilt, at the same address,
         when qweight is replaced or written in place (its version counter moves).
         """
         qweight = self._buffers["qweight"]
@@ -251,9 +251,20 @@ class QuantLinear(torch.nn.Module):
             y[:, start:start + step] = F.linear(xq, w)
         return y
 
-    def dequantize(self) -> torch.Tensor:
-        """The weight as fp32 [out_features, in_features], bit-identical to gguf's dequantizer."""
-        return dequantize_rows(self.qweight, self.qtype, self.in_features)
+    def row_source(self) -> tuple[int, torch.Tensor]:
+        """(type, bytes) to read rows from outside the matmul kernels: their own copy where there is
+        one, since the GGUF bytes' pages may have been released (place_native_weights) and reading
+        them back would keep both copies resident; else qweight."""
+        if not self.has_packed_copy():
+            return self.qtype, self._buffers["qweight"]
+        wtype, _ = self.native_weight()  # rebuilt first if qweight changed
+        return wtype, self.__dict__["_packed"][3]
+
+    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight as fp32 [out_features, in_features] (only `rows`, when given), bit-identical
+        to gguf's dequantizer."""
+        qtype, raw = self.row_source()
+        return dequantize_rows(raw if rows is None else raw[rows], qtype, self.in_features)
 
     def extra_repr(self) -> str:
         return (
@@ -264,26 +275,19 @@ class QuantLinear(torch.nn.Module):
 
 def place_native_weights(modules: Iterable[torch.nn.Module], arena: HugePageArena,
                          release_pages: Callable[[torch.Tensor], None] | None = None) -> None:
-    """Every QuantLinear among `modules` reads its weight from `arena` (see huge_pages.py); the
-    file pages of the weights copied there are released."""
+    """Every QuantLinear among `modules` reads its weight from `arena` (see huge_pages.py). The file
+    pages of each weight are released as soon as it is there (moved, or re-laid into a copy that
+    every reader now uses), so loading never holds both."""
     for module in modules:
         if isinstance(module, QuantLinear) and module.qweight.device.type == "cpu":
             replaced = module.place_native_weight(arena.empty(module.qweight.numel()))
-            if replaced is not None and release_pages is not None:
-                release_pages(replaced)
+            if release_pages is not None:
+                release_pages(module.qweight if replaced is None else replaced)
 
 
-def release_packed_sources(model: torch.nn.Module, release_pages: Callable[[torch.Tensor], None]) -> None:
-    """Weights that the kernels read from a copy in their own layout need their GGUF bytes again
-    only for dequantize() and the PyTorch path: `release_pages` drops those bytes' resident pages
-    (memory-mapped, they are read from the file again if needed; ~170 MB for the default model)."""
-    for module in model.modules():
-        if isinstance(module, QuantLinear) and module.has_packed_copy():
-            release_pages(module.qweight)
-
-
-def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, in_features: int) -> torch.Tensor:
-    """fp32 [rows, in_features] from GGUF blocks [rows, row bytes], bit-identical to gguf's dequantizer."""
+def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType | int, in_features: int) -> torch.Tensor:
+    """fp32 [rows, in_features] from GGUF blocks [rows, row bytes] (or the native Q5_0_PAIRS copy),
+    bit-identical to gguf's dequantizer."""
     if _native is not None and raw.device.type == "cpu":
         raw = raw.contiguous()
         out = torch.empty(raw.shape[0], in_features)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .quant import QuantLinear, dequantize_rows
+from .quant import QuantLinear
 
 
 class QuantEmbedding(nn.Module):
@@ -24,7 +24,7 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.reshape(-1)
-        rows = dequantize_rows(self.table.qweight[ids.cpu()], self.table.qtype, self.table.in_features)
+        rows = self.table.dequantize(ids.cpu())
         return rows.to(device=input_ids.device, dtype=self.dtype).reshape(*input_ids.shape, -1)
 
     def as_linear(self) -> QuantLinear:
