@@ -32,7 +32,7 @@ def peers_table(model: str, prompt_tokens: int, new_tokens: int, peers: str = "l
     from openqwen.bench import run_bench
 
     args = argparse.Namespace(model=model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device="cpu", dtype=None,
-                              quantize=None, peers=peers, json_path=None)
+                              quantize=None, kv_cache_dtype="auto", peers=peers, json_path=None)
     return run_bench(args)
 
 

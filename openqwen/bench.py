@@ -117,11 +117,11 @@ def worker_main(argv: list[str]) -> None:
     else:
         result = WORKERS[a.runtime](a.model, prompt, a.new_tokens, a.device, a.dtype)
     n = len(result["tokens"])
-    result.update(
-        runtime=a.runtime, prompt_tokens=len(prompt), new_tokens=n,
-        prefill_tok_s=len(prompt) / result["prefill_s"], decode_tok_s=(n - 1) / result["decode_s"],
-        peak_rss_mb=peak_rss_mb(),
-    )
+    # None where there is no decode to time: one new token, or (llama-cpp's two runs subtracted)
+    # a difference lost in the noise
+    decode = (n - 1) / result["decode_s"] if n > 1 and result["decode_s"] > 0 else None
+    result.update(runtime=a.runtime, prompt_tokens=len(prompt), new_tokens=n,
+                  prefill_tok_s=len(prompt) / result["prefill_s"], decode_tok_s=decode, peak_rss_mb=peak_rss_mb())
     print("BENCH " + json.dumps(result))
 
 
@@ -160,7 +160,8 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|")
     for r in results:
         same = sum(a == b for a, b in zip(r["tokens"], reference))
-        print(f"| {r['runtime']} | {r['load_s']:.1f} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
+        decode = "-" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.1f}"
+        print(f"| {r['runtime']} | {r['load_s']:.1f} | {r['prefill_tok_s']:.1f} | {decode} | "
               f"{r['peak_rss_mb']:.0f} | {same}/{len(reference)} |")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"hardware": describe(), "model": args.model, "results": results}, indent=1))

@@ -50,6 +50,21 @@ def test_info(tiny):
     assert "qwen3" in proc.stdout and "layers" in proc.stdout
 
 
+@pytest.mark.parametrize("new_tokens", [1, 6])
+def test_bench_against_transformers(tiny, tmp_path, new_tokens):
+    """Side by side with a peer in its own process: the same greedy tokens, and no decode speed
+    where there is no decode to time."""
+    out = tmp_path / "bench.json"
+    proc = openqwen("bench", "--model", tiny, "--device", "cpu", "--prompt-tokens", "16", "--new-tokens",
+                    str(new_tokens), "--peers", "transformers", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["runtime"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"openqwen", "transformers"}
+    assert rows["openqwen"]["tokens"] == rows["transformers"]["tokens"] and len(rows["openqwen"]["tokens"]) == new_tokens
+    assert (rows["openqwen"]["decode_tok_s"] is None) == (new_tokens == 1)
+    assert f"| {new_tokens}/{new_tokens} |" in proc.stdout
+
+
 def test_models_lists_default():
     proc = openqwen("models")
     assert proc.returncode == 0, proc.stderr

@@ -224,6 +224,20 @@ def test_placed_weights_compute_the_same(qtype):
     torch.testing.assert_close(layer(x), QuantLinear.from_raw(other, qtype, n, k)(x), rtol=0, atol=0)
 
 
+@needs_native
+@pytest.mark.parametrize("qtype", [Q.Q5_0, Q.Q8_0])
+def test_placing_releases_the_file_bytes(qtype):
+    """Once the kernels read a weight from the arena (moved there, or re-laid into a copy), its GGUF
+    bytes go to release_pages at once, so a load never holds both."""
+    n, k = 24, 512
+    layer = QuantLinear.from_raw(torch.from_numpy(random_blocks(qtype, n, k, seed=5)), qtype, n, k)
+    source = layer.qweight
+    released = []
+    kq.place_native_weights([layer], HugePageArena(), released.append)
+    assert len(released) == 1 and released[0] is source
+    assert layer.native_weight()[1] != source.data_ptr()
+
+
 def test_huge_page_arena_hands_out_disjoint_aligned_memory():
     arena = HugePageArena(chunk_bytes=HUGE_PAGE)
     sizes = [100, 1 << 20, 1000, 3 * HUGE_PAGE, 64]  # the 6 MiB one gets a chunk of its own
