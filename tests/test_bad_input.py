@@ -9,14 +9,11 @@ import pytest
 
 from openqwen import LLM
 from openqwen.weights.errors import WeightsError
-from tiny_models import make_hf_model
 
 
 @pytest.fixture(scope="module")
-def good_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("good")
-    make_hf_model("qwen3", path)
-    return path
+def good_dir(tiny_qwen3_dir):
+    return tiny_qwen3_dir
 
 
 def _copy(src, tmp_path):

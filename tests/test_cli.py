@@ -9,14 +9,10 @@ import sys
 
 import pytest
 
-from tiny_models import make_hf_model
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    make_hf_model("qwen3", path)
-    return str(path)
+def tiny(tiny_qwen3_dir):
+    return tiny_qwen3_dir
 
 
 def openqwen(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -12,14 +12,11 @@ import torch
 from openqwen import LLM, SamplingParams
 from openqwen.engine.model_runner import kv_bytes_per_token
 from openqwen.layers.attention import FP8_MAX, dequantize_kv, quantize_kv
-from tiny_models import make_hf_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("kv_fp8")
-    make_hf_model("qwen3", path)
-    return str(path)
+def model_dir(tiny_qwen3_dir):
+    return tiny_qwen3_dir
 
 
 def load(model_dir, **options) -> LLM:
