@@ -31,11 +31,12 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--greedy", action="store_true", help="temperature 0")
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The flags that pick and load a model, shared by every command that loads one (serve too)."""
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"path (HF directory or .gguf) or registry name (default {DEFAULT_MODEL})")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
-    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--quantize", choices=["none", "q8_0", "q4_k"], default=None,
                    help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints "
                         "(default: GGUF weights stay quantized, dense stay dense)")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     chat = sub.add_parser("chat", help="interactive chat (reads piped stdin as one message)")
-    _model_flags(chat)
+    add_model_flags(chat)
     _sampling_flags(chat)
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--think", dest="thinking", action="store_true", default=None, help="thinking on (Qwen3)")
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="one prompt, reply to stdout")
     gen.add_argument("prompt", help="the prompt ('-' reads stdin)")
-    _model_flags(gen)
+    add_model_flags(gen)
     _sampling_flags(gen)
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.add_argument("--system", help="system prompt")
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", default=DEFAULT_MODEL)
 
     bench = sub.add_parser("bench", help="load time, prefill and decode speed, peak memory, next to peers")
-    _model_flags(bench)
+    add_model_flags(bench)
     bench.add_argument("--prompt-tokens", type=int, default=128)
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--peers", default="transformers,llama-cpp", help="comma list: transformers, llama-cpp, none")

@@ -16,10 +16,9 @@ from pathlib import Path
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    from ..registry import DEFAULT_MODEL
+    from ..cli import add_model_flags
 
     p = subparsers.add_parser("serve", help="OpenAI- and Anthropic-compatible HTTP server with a web chat page")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"path (HF directory or .gguf) or registry name (default {DEFAULT_MODEL})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", action="append", default=None,
@@ -32,16 +31,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-queue", type=int, default=256, help="sequences that may wait for a running slot before 429 (default 256)")
     g.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to let streams finish on SIGTERM (default 60)")
     e = p.add_argument_group("engine")
-    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    e.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
-    e.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    add_model_flags(e)
     e.add_argument("--max-num-seqs", type=int, default=None, help="sequences decoded together (default 64)")
     e.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size on the CPU (default 4)")
-    e.add_argument("--quantize", choices=["none", "q8_0", "q4_k"], default=None,
-                   help="CPU weights: none = dequantize all; q8_0/q4_k = quantize dense checkpoints (default: as stored)")
-    e.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
-                   help="KV cache: auto = the model dtype; fp8 = e4m3 with a scale per token and head "
-                        "(half of bf16's bytes)")
     e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: every decode step runs eagerly (GPU)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
