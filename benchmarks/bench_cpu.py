@@ -28,11 +28,13 @@ RESULTS = Path(__file__).parent / "results"
 
 def peers_table(model: str, prompt_tokens: int, new_tokens: int, peers: str = "llama-cpp,transformers") -> list[dict]:
     """openqwen bench's subprocess runs: one per runtime, same weights and prompt. llama-cpp runs
-    before transformers: right after a 4 GB process exits, this machine runs slower for a while."""
+    before transformers: right after a 4 GB process exits, this machine runs slower for a while.
+    The arguments go through the command's own parser, so its other flags keep their defaults."""
     from openqwen.bench import run_bench
+    from openqwen.cli import build_parser
 
-    args = argparse.Namespace(model=model, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device="cpu", dtype=None,
-                              quantize=None, kv_cache_dtype="auto", peers=peers, json_path=None)
+    args = build_parser().parse_args(["bench", "--model", model, "--device", "cpu", "--prompt-tokens", str(prompt_tokens),
+                                      "--new-tokens", str(new_tokens), "--peers", peers])
     return run_bench(args)
 
 
