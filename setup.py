@@ -17,6 +17,7 @@ SOURCES = [
     "csrc/vec_ops.cpp",
     "csrc/quant_scalar.cpp",
     "csrc/quant_avx2.cpp",
+    "csrc/quant_avx512.cpp",
     "csrc/quant_neon.cpp",
     "csrc/thread_pool.cpp",
 ]

@@ -6,8 +6,10 @@ cycled through enough copies to exceed the last-level cache, so the numbers are 
 real decode step. Also measures the fixed cost of one call and, for prefill, where the int8 kernels
 stop beating dequantize-then-sgemm.
 
-    python benchmarks/bench_quant_kernels.py [--threads 2] [--min-time 0.3]
-Writes benchmarks/results/quant_kernels_cpu.json and prints markdown tables.
+    python benchmarks/bench_quant_kernels.py [--threads 2] [--min-time 0.3] [--isa avx2 --out F]
+Writes benchmarks/results/quant_kernels_cpu.json and prints markdown tables. --isa times another
+kernel table the CPU has (e.g. avx2 on an AVX-512 machine, whose default is avx512-vnni), for a
+side-by-side run.
 """
 
 from __future__ import annotations
@@ -160,8 +162,11 @@ def main() -> None:
     parser.add_argument("--tokens", default="1,8", help="activation rows T for the decode table")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement")
     parser.add_argument("--no-prefill", action="store_true")
+    parser.add_argument("--isa", help="kernel table to time, e.g. avx2 or scalar (default: the CPU's best)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.isa and not (kq.native_available() and kq._native.set_isa(args.isa)):
+        parser.error(f"--isa {args.isa}: not a kernel table this build has for this CPU (it uses {kq.native_isa()})")
 
     kq.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)

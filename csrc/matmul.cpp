@@ -16,7 +16,8 @@ ThreadPool* g_pool = nullptr;
 int g_num_threads = 0;
 
 const KernelTable* best_kernels() {
-    const KernelTable* simd = avx2_kernels();
+    const KernelTable* simd = avx512_kernels();
+    if (simd == nullptr) simd = avx2_kernels();
     if (simd == nullptr) simd = neon_kernels();
     return simd != nullptr ? simd : &scalar_kernels();
 }

@@ -24,12 +24,6 @@ inline uint64_t load_u64(const uint8_t* p) {
     return v;
 }
 
-OQ_AVX2 inline float f16(const uint8_t* p) {
-    uint16_t h;
-    std::memcpy(&h, p, sizeof h);
-    return _cvtsh_ss(h);
-}
-
 // 16 bytes of packed nibbles -> 32 bytes: low nibbles first, then high nibbles. A broadcast load
 // and a per-lane shift keep this at two vector ALU operations.
 OQ_AVX2 inline __m256i nibbles(const uint8_t* p) {
@@ -92,34 +86,10 @@ struct BlockQ8_0 {
     }
 };
 
-// fp16 values at p, p + stride, ... (count <= 8, the rest zero) -> 8 floats. Assembled in general
-// registers so that the vector units, the bottleneck here, see one conversion per 8 blocks.
-OQ_AVX2 inline __m256 gather_fp16(const uint8_t* p, int stride, int count) {
-    uint64_t half[2] = {0, 0};
-    for (int i = 0; i < 8; ++i) {  // fixed trip count: unrolled, half[] stays in registers
-        if (i == count) break;
-        uint16_t h;
-        std::memcpy(&h, p + i * stride, sizeof h);
-        half[i / 4] |= static_cast<uint64_t>(h) << (16 * (i % 4));
-    }
-    return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<int64_t>(half[1]), static_cast<int64_t>(half[0])));
-}
-
 // Independent accumulators per activation row: one FMA chain would cap a row at one block per
 // FMA latency (4 cycles), below memory speed for T = 1.
 template <int TT>
 constexpr int kChains = TT == 1 ? 4 : (TT == 2 ? 2 : 1);
-
-// Weight rows are one contiguous stream per thread. The hardware prefetchers alone leave it well
-// below memory bandwidth at batch 1 (measured on a Xeon: 5.6 -> 11.3 GB/s for Q4_K on one core,
-// 10 -> 17-20 GB/s on two), so each block also prefetches the bytes 4 KiB ahead of it.
-constexpr int kPrefetchBytes = 4096;
-
-OQ_AVX2 inline void prefetch_ahead(const uint8_t* p, int bytes) {
-    for (int off = 0; off < bytes; off += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + off), _MM_HINT_T0);
-    }
-}
 
 // Weight bytes q of block b + I (B's quants) against activation rows t0 .. t0 + TT, with xq[u]
 // the row t0 + u activations of block b and scale[u][I] the product of the two block scales. The
@@ -257,25 +227,11 @@ OQ_AVX2_INLINE void group_q5_0_pairs(const uint8_t* row, const QAct& x, int64_t 
     dot_pairs<TT>(fifth, fifth + 8 * (count / 2), count, g, acc);
 }
 
-// Eight 6-bit scales and mins of a Q4_K/Q5_K super-block as two little-endian byte vectors.
-inline void k_scales(const uint8_t* s, uint64_t& sc, uint64_t& mn) {
-    const uint32_t a0 = load_u32(s), a1 = load_u32(s + 4), a2 = load_u32(s + 8);
-    constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
-    sc = (a0 & k6) | static_cast<uint64_t>((a2 & k4) | (((a0 >> 6) & k2) << 4)) << 32;
-    mn = (a1 & k6) | static_cast<uint64_t>(((a2 >> 4) & k4) | (((a1 >> 6) & k2) << 4)) << 32;
-}
-
 // Bit s of each qh byte moved to bit 4 (0x10). A 16-bit shift moves both bytes of a lane alike,
 // and the mask drops what crossed between them.
 OQ_AVX2 inline __m256i qh_bit(__m256i qh, int s) {
     const __m256i v = s <= 4 ? _mm256_slli_epi16(qh, 4 - s) : _mm256_srli_epi16(qh, s - 4);
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-
-OQ_AVX2 inline float hsum128(__m128 s) {
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 // K-quants against 256-value activation blocks: within a super-block everything but the final

@@ -181,6 +181,7 @@ struct KernelTable {
 const KernelTable& scalar_kernels();
 // Null when the CPU or the build lacks the instruction set.
 const KernelTable* avx2_kernels();
+const KernelTable* avx512_kernels();
 const KernelTable* neon_kernels();
 
 // Dequantizes one row of K weights to fp32, bit-identical to gguf.quants.dequantize (a Q5_0_PAIRS row

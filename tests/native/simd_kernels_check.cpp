@@ -1,6 +1,7 @@
-// The SIMD kernel table this build selects (AVX2 on x86-64, NEON on AArch64) against the portable
-// scalar one, without Python, so that it can be cross-compiled and run under an emulator
-// (tests/test_native_cross_arch.py). For every GGML block type and 1..9 activation rows:
+// Every SIMD kernel table this build has for this CPU (AVX-512 and AVX2 on x86-64, NEON on AArch64)
+// against the portable scalar one, without Python, so that it can be cross-compiled and run under an
+// emulator, or built over SIMDe's portable AVX-512 (tests/test_native_cross_arch.py). For every GGML
+// block type and 1..9 activation rows:
 //  - the activation quantizers agree bit for bit;
 //  - the SIMD and scalar dot products agree within 1e-5 of sum |w| |x| (float rounding order);
 //  - the scalar result lies within the activation-quantization bound of the fp64 product of the
@@ -241,21 +242,29 @@ void check_vec_ops(std::mt19937& rng) {
 }  // namespace
 
 int main() {
-    const KernelTable* simd = avx2_kernels();
-    if (simd == nullptr) simd = neon_kernels();
-    if (simd == nullptr) {
+    // Every SIMD table this build has for this CPU: AVX-512 and AVX2 on x86-64, NEON on AArch64.
+    const KernelTable* tables[] = {avx512_kernels(), avx2_kernels(), neon_kernels()};
+    std::mt19937 rng(1234);
+    int checked_tables = 0;
+    for (const KernelTable* simd : tables) {
+        if (simd == nullptr) continue;
+        ++checked_tables;
+        const int before = g_failures;
+        int checked = 0;
+        for (int idx = 0; idx < kNumTypes; ++idx) {
+            if (idx == kQ5_0PairsIndex) continue;  // a layout, not a GGML type: check_threads_and_pairs
+            for (int T = 1; T <= 9; ++T, ++checked) check_type(*simd, idx, T, rng);
+        }
+        check_threads_and_pairs(*simd, rng);
+        std::printf("%s vs scalar: %d type x row-count cases, threads, Q5_0_PAIRS: %d failures\n", simd->name, checked,
+                    g_failures - before);
+    }
+    if (checked_tables == 0) {
         std::printf("no SIMD kernels in this build for this CPU\n");
         return 2;
     }
-    std::mt19937 rng(1234);
-    int checked = 0;
-    for (int idx = 0; idx < kNumTypes; ++idx) {
-        if (idx == kQ5_0PairsIndex) continue;  // a layout, not a GGML type: check_threads_and_pairs
-        for (int T = 1; T <= 9; ++T, ++checked) check_type(*simd, idx, T, rng);
-    }
-    check_threads_and_pairs(*simd, rng);
+    const int before = g_failures;
     check_vec_ops(rng);
-    std::printf("%s vs scalar: %d type x row-count cases, threads, Q5_0_PAIRS, vec_ops: %d failures\n", simd->name, checked,
-                g_failures);
+    std::printf("vec_ops vs fp64: %d failures\n", g_failures - before);
     return g_failures == 0 ? 0 : 1;
 }
