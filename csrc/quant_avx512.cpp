@@ -47,10 +47,9 @@ OQ_AVX512_INLINE __m512i halves(int64_t lo, int64_t hi) { return _mm512_set_epi6
 // The 16 bytes of packed nibbles at a and at b -> 64 bytes: a's low nibbles, a's high nibbles,
 // b's low, b's high (weights 0-31 of each block in order).
 OQ_AVX512_INLINE __m512i nibbles2(const uint8_t* a, const uint8_t* b) {
-    const __m256i ab = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1);
-    const __m512i v = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), _mm512_castsi256_si512(ab));
+    // a's bytes in 128-bit lanes 0-1, b's in 2-3: broadcast loads, no shuffle on the busiest port
+    const __m512i v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
+                                                  0xff00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
     return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(15));
 }
 
