@@ -30,6 +30,7 @@ HEADERS = [
     "csrc/py_args.h",
     "csrc/vec_ops.h",
     "csrc/avx2_common.h",
+    "csrc/quant_avx2_rows.inc",  # included twice by quant_avx2.cpp
     "csrc/quant_neon_rows.inc",  # included twice by quant_neon.cpp
 ]
 

@@ -17,6 +17,7 @@ int g_num_threads = 0;
 
 const KernelTable* best_kernels() {
     const KernelTable* simd = avx512_kernels();
+    if (simd == nullptr) simd = avx_vnni_kernels();
     if (simd == nullptr) simd = avx2_kernels();
     if (simd == nullptr) simd = neon_kernels();
     return simd != nullptr ? simd : &scalar_kernels();

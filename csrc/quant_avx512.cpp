@@ -11,14 +11,14 @@
 //    sub-block scales and accumulates in one step.
 // Activation quantization is AVX2's, so both paths see the same int8 activations. Results agree
 // with the other paths within float rounding order (tests/native/simd_kernels_check.cpp). Building
-// with OQ_EMULATE_AVX512 (tests only) runs the same code through SIMDe's portable AVX-512, so the
-// check also covers these kernels on CPUs without AVX-512.
+// with OQ_SIMDE (tests only) runs the same code through SIMDe's portable AVX-512, so that check
+// also covers these kernels on CPUs without AVX-512.
 #include "quant_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include "avx2_common.h"
 
-#if defined(OQ_EMULATE_AVX512)
+#if defined(OQ_SIMDE)
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
 #define OQ_AVX512 OQ_AVX2
@@ -289,7 +289,7 @@ constexpr RowsFn rows_q6_k =
     rows_tiled<tile<row_q6_k<4>>, tile<row_q6_k<3>>, tile<row_q6_k<2>>, tile<row_q6_k<1>>>;
 
 bool cpu_has_avx512() {
-#if defined(OQ_EMULATE_AVX512)
+#if defined(OQ_SIMDE)
     return true;
 #else
     __builtin_cpu_init();

@@ -181,6 +181,7 @@ struct KernelTable {
 const KernelTable& scalar_kernels();
 // Null when the CPU or the build lacks the instruction set.
 const KernelTable* avx2_kernels();
+const KernelTable* avx_vnni_kernels();  // the AVX2 kernels with AVX-VNNI dot products
 const KernelTable* avx512_kernels();
 const KernelTable* neon_kernels();
 

@@ -156,7 +156,7 @@ PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(kernels().n
 PyObject* py_set_isa(PyObject*, PyObject* arg) {
     const char* name = PyUnicode_AsUTF8(arg);
     if (name == nullptr) return nullptr;
-    const KernelTable* candidates[] = {avx512_kernels(), avx2_kernels(), neon_kernels(), &scalar_kernels()};
+    const KernelTable* candidates[] = {avx512_kernels(), avx_vnni_kernels(), avx2_kernels(), neon_kernels(), &scalar_kernels()};
     for (const KernelTable* k : candidates) {
         if (k != nullptr && std::strcmp(k->name, name) == 0) {
             std::lock_guard<std::mutex> lock(pool_mutex());
@@ -179,7 +179,7 @@ PyMethodDef kMethods[] = {
      "repack(type, src_ptr, dst_ptr, N, K): Q5_0 blocks to the packed_type(Q5_0) layout"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): threads used per call"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
-    {"isa", py_isa, METH_NOARGS, "isa() -> the kernels in use: 'avx512-vnni', 'avx2', 'neon', 'neon-dotprod' or 'scalar'"},
+    {"isa", py_isa, METH_NOARGS, "isa() -> the kernels in use: 'avx512-vnni', 'avx-vnni', 'avx2', 'neon', 'neon-dotprod' or 'scalar'"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name) -> bool: select an instruction set (tests)"},
     {"make_decode_plan", py_make_decode_plan, METH_VARARGS,
      "make_decode_plan(dims, eps, scale, final_norm_ptr, embedding, layers) -> plan of the native decode step"},

@@ -2,11 +2,11 @@
 
 tests/native/simd_kernels_check.cpp compares each kernel table a build has for the CPU with the
 portable scalar one, and the decode step's vector primitives with fp64, in plain C++. Here it runs
-natively (AVX2, and AVX-512 where the CPU has it), built over SIMDe's portable AVX-512 (the AVX-512
-kernels on a CPU without AVX-512), and, cross-compiled, under qemu-user as AArch64 (NEON, with
-widening multiplies and with SDOT, the dot-product extension, picked at build time or at run time),
-so that the paths that Xeon, Zen 4, Apple-silicon, Graviton and Raspberry Pi users get are checked
-on a machine that has none of those CPUs.
+natively (AVX2, and AVX-512 or AVX-VNNI where the CPU has them), built over SIMDe's portable
+intrinsics (the AVX-512 and AVX-VNNI kernels on a CPU with neither), and, cross-compiled, under
+qemu-user as AArch64 (NEON, with widening multiplies and with SDOT, the dot-product extension,
+picked at build time or at run time), so that the paths that Xeon, Zen 4, recent Intel laptop, Apple-silicon, Graviton and Raspberry Pi
+users get are checked on a machine that has none of those CPUs.
 .ci/run installs the cross compiler and qemu-user from Debian's packages and fetches SIMDe 0.8.2
 (Debian bookworm's 0.7.4 lacks intrinsics the kernels use) into $OQ_SIMDE_INCLUDE.
 """
@@ -74,17 +74,20 @@ def linux_x86_with_avx2() -> bool:
 
 
 @pytest.mark.skipif(not linux_x86_with_avx2(), reason="the emulated AVX-512 build runs SIMDe over AVX2: needs Linux x86-64 with AVX2")
-def test_avx512_kernels_match_scalar_under_simde(tmp_path):
-    """quant_avx512.cpp with OQ_EMULATE_AVX512: the same kernel code over SIMDe's AVX-512 intrinsics,
-    which are written to give the hardware's results; the CPU check is bypassed."""
+def test_avx512_and_avx_vnni_kernels_match_scalar_under_simde(tmp_path):
+    """The kernels built with OQ_SIMDE: the same code over SIMDe's AVX-512 and VNNI intrinsics,
+    which are written to give the hardware's results; the CPU checks are bypassed."""
     include = simde_include()
     if include is None:
         pytest.skip("needs SIMDe >= 0.8 headers in $OQ_SIMDE_INCLUDE or /usr/include (.ci/run fetches them)")
-    emulate = ["-DOQ_EMULATE_AVX512", f"-I{include}", "-mavx2", "-mfma", "-mf16c", "-Wno-psabi"]
+    emulate = ["-DOQ_SIMDE", f"-I{include}", "-mavx2", "-mfma", "-mf16c", "-Wno-psabi"]
     binary = build_check("g++", tmp_path / "check", emulate)
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "avx512-vnni vs scalar: 72 type x row-count cases, threads, Q5_0_PAIRS: 0 failures" in result.stdout
+    for line in ("avx512-vnni vs scalar: 72 type x row-count cases, threads, Q5_0_PAIRS: 0 failures",
+                 "avx-vnni vs scalar: 72 type x row-count cases, threads, Q5_0_PAIRS: 0 failures",
+                 "avx-vnni vs avx2: 24 type x row-count cases bit for bit: 0 failures"):
+        assert line in result.stdout, result.stdout
 
 
 CROSS = "aarch64-linux-gnu-g++"

@@ -52,7 +52,7 @@ def native_available() -> bool:
 
 
 def native_isa() -> str | None:
-    """Kernels the native code uses on this CPU: 'avx512-vnni', 'avx2', 'neon', 'neon-dotprod', 'scalar', or None."""
+    """Kernels the native code uses on this CPU: 'avx512-vnni', 'avx-vnni', 'avx2', 'neon', 'neon-dotprod', 'scalar', or None."""
     return _native.isa() if _native is not None else None
 
 

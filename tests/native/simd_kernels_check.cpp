@@ -8,6 +8,7 @@
 //    dequantized weights and the unrounded activations (see tests/test_quant_kernels.py);
 //  - a threaded matmul over two weights equals the single-threaded one bit for bit, and Q5_0
 //    weights re-laid as Q5_0_PAIRS give the Q5_0 results bit for bit;
+//  - the AVX-VNNI kernels give the AVX2 kernels' results bit for bit;
 //  - the decode step's vector primitives (vec_ops.h) agree with fp64 within the worst-case
 //    rounding error of their sums, n * 2^-24 * sum |terms| (any summation order), and exp/SiLU
 //    within 1e-6 relative.
@@ -170,6 +171,36 @@ void check_threads_and_pairs(const KernelTable& simd, std::mt19937& rng) {
     }
 }
 
+// Tables whose integer dot products must agree exactly (AVX-VNNI's and plain AVX2's) give the same
+// bits for every type and a few row counts.
+int check_same_bits(const KernelTable& a, const KernelTable& b, std::mt19937& rng) {
+    int cases = 0;
+    for (int idx = 0; idx < kNumTypes; ++idx) {
+        if (idx == kQ5_0PairsIndex) continue;  // compared with Q5_0 within each table
+        for (int T : {1, 4, 7}) {
+            const int64_t N = 45, K = is_k_quant(idx) ? 1024 : 928;
+            const std::vector<uint8_t> w = random_blocks(idx, N, K, rng);
+            std::vector<float> x(static_cast<size_t>(T * K));
+            std::normal_distribution<float> normal;
+            for (auto& v : x) v = normal(rng);
+            std::vector<float> y[2];
+            const KernelTable* tables[2] = {&a, &b};
+            for (int s = 0; s < 2; ++s) {
+                select_kernels(tables[s]);
+                QuantizedActs acts;
+                acts.quantize(x.data(), T, K, kTypes[idx].block_elems);
+                y[s].assign(static_cast<size_t>(T * N), NAN);
+                tables[s]->rows[idx](w.data(), row_bytes(idx, K), acts.act(), T, y[s].data(), N, 0, N);
+            }
+            for (size_t i = 0; i < y[0].size(); ++i) {
+                if (std::memcmp(&y[0][i], &y[1][i], sizeof(float)) != 0) fail("same bits", type_name(idx), T, i, y[0][i], y[1][i]);
+            }
+            ++cases;
+        }
+    }
+    return cases;
+}
+
 // |got - want| within the worst-case rounding error of an n-term float sum whose terms' magnitudes
 // add up to `mass` (any order), plus `rel` of |want| for what precedes the sum.
 void expect_sum(const char* what, long index, double got, double want, int64_t n, double mass, double rel = 0) {
@@ -243,7 +274,7 @@ void check_vec_ops(std::mt19937& rng) {
 
 int main() {
     // Every SIMD table this build has for this CPU: AVX-512 and AVX2 on x86-64, NEON on AArch64.
-    const KernelTable* tables[] = {avx512_kernels(), avx2_kernels(), neon_kernels()};
+    const KernelTable* tables[] = {avx512_kernels(), avx_vnni_kernels(), avx2_kernels(), neon_kernels()};
     std::mt19937 rng(1234);
     int checked_tables = 0;
     for (const KernelTable* simd : tables) {
@@ -262,6 +293,11 @@ int main() {
     if (checked_tables == 0) {
         std::printf("no SIMD kernels in this build for this CPU\n");
         return 2;
+    }
+    if (avx_vnni_kernels() != nullptr && avx2_kernels() != nullptr) {
+        const int before = g_failures;
+        const int cases = check_same_bits(*avx_vnni_kernels(), *avx2_kernels(), rng);
+        std::printf("avx-vnni vs avx2: %d type x row-count cases bit for bit: %d failures\n", cases, g_failures - before);
     }
     const int before = g_failures;
     check_vec_ops(rng);
