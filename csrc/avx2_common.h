@@ -4,6 +4,7 @@
 #pragma once
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include "quant_common.h"
@@ -12,6 +13,37 @@
 #define OQ_AVX2_INLINE OQ_AVX2 __attribute__((always_inline)) inline
 
 namespace oq {
+
+// The instruction sets the kernels use that both the CPU and the OS (which must save the wider
+// registers) support. Read from CPUID and XGETBV: GCC's and clang's __builtin_cpu_supports accept
+// different feature names (clang 15 knows neither "f16c" nor "avxvnni"), which broke clang builds.
+struct X86Features {
+    bool avx2 = false;         // with FMA and F16C
+    bool avx512_vnni = false;  // F, BW, DQ and VNNI
+    bool avx_vnni = false;     // the VEX-encoded VNNI of Alder Lake and later
+};
+
+inline const X86Features& x86_features() {
+    static const X86Features features = [] {
+        X86Features f;
+        unsigned a, b, c, d;
+        if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+        const bool fma = c >> 12 & 1, osxsave = c >> 27 & 1, avx = c >> 28 & 1, f16c = c >> 29 & 1;
+        if (!osxsave || !avx) return f;
+        unsigned xcr0_lo, xcr0_hi;
+        __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+        const bool ymm_state = (xcr0_lo & 0x06) == 0x06, zmm_state = (xcr0_lo & 0xe6) == 0xe6;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+        const bool avx2 = b >> 5 & 1, avx512f = b >> 16 & 1, avx512dq = b >> 17 & 1, avx512bw = b >> 30 & 1;
+        const bool avx512vnni = c >> 11 & 1;
+        const bool avxvnni = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+        f.avx2 = ymm_state && avx2 && fma && f16c;
+        f.avx512_vnni = f.avx2 && zmm_state && avx512f && avx512bw && avx512dq && avx512vnni;
+        f.avx_vnni = f.avx2 && avxvnni;
+        return f;
+    }();
+    return features;
+}
 
 OQ_AVX2 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -244,10 +244,7 @@ KernelTable make_table(const char* name, const RowsFn (&rows)[kNumTypes]) {
 
 const KernelTable* avx2_kernels() {
     static const KernelTable table = make_table("avx2", plain::kRows);
-    __builtin_cpu_init();
-    const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
-    return ok ? &table : nullptr;
+    return x86_features().avx2 ? &table : nullptr;
 }
 
 const KernelTable* avx_vnni_kernels() {
@@ -255,7 +252,7 @@ const KernelTable* avx_vnni_kernels() {
 #if defined(OQ_SIMDE)
     const bool vnni = true;
 #else
-    const bool vnni = __builtin_cpu_supports("avxvnni");
+    const bool vnni = x86_features().avx_vnni;
 #endif
     return avx2_kernels() != nullptr && vnni ? &table : nullptr;
 }

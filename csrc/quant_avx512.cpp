@@ -27,8 +27,10 @@
 #endif
 #define OQ_AVX512_INLINE OQ_AVX512 __attribute__((always_inline)) inline
 
+#if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's avx512fintrin.h warns about its own _mm512_undefined_* (GCC bug 105593, fixed in 13).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace oq {
 namespace {
@@ -288,21 +290,16 @@ constexpr RowsFn rows_q45_k = rows_tiled<tile<row_q45_k<kFifthBit, 4>>, tile<row
 constexpr RowsFn rows_q6_k =
     rows_tiled<tile<row_q6_k<4>>, tile<row_q6_k<3>>, tile<row_q6_k<2>>, tile<row_q6_k<1>>>;
 
-bool cpu_has_avx512() {
-#if defined(OQ_SIMDE)
-    return true;
-#else
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
-#endif
-}
-
 }  // namespace
 
 const KernelTable* avx512_kernels() {
+#if defined(OQ_SIMDE)
+    const bool avx512 = true;
+#else
+    const bool avx512 = x86_features().avx512_vnni;
+#endif
     const KernelTable* avx2 = avx2_kernels();  // every AVX-512 CPU has AVX2; its quantizers are shared
-    if (avx2 == nullptr || !cpu_has_avx512()) return nullptr;
+    if (avx2 == nullptr || !avx512) return nullptr;
     // No Q5_0_PAIRS kernel: Q5_0 is as cheap to unpack here, so packed_type() keeps GGUF blocks.
     static const KernelTable table = {
         "avx512-vnni",

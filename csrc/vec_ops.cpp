@@ -161,8 +161,7 @@ constexpr VecOps kAvx2{dot_avx2, row_scores_avx2, weighted_rows_avx2, exp_shifte
 }  // namespace
 
 const VecOps& vec_ops() {
-    static const VecOps& ops = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                  __builtin_cpu_supports("f16c") ? kAvx2 : kPortable;
+    static const VecOps& ops = x86_features().avx2 ? kAvx2 : kPortable;
     return ops;
 }
 
