@@ -1,6 +1,6 @@
 // What the x86 sources share: the target attributes (functions carry them instead of the build
-// using -mavx2, so the extension still loads on older x86 CPUs), horizontal sums, and the block
-// helpers that the AVX2 and AVX-512 kernels both use.
+// using -mavx2, so the extension still loads on older x86 CPUs), the instruction sets this CPU has,
+// horizontal sums, and the block helpers that the AVX2 and AVX-512 kernels both use.
 #pragma once
 
 #if defined(__x86_64__) || defined(__i386__)
