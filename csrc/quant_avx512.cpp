@@ -50,8 +50,9 @@ OQ_AVX512_INLINE __m512i halves(int64_t lo, int64_t hi) { return _mm512_set_epi6
 // b's low, b's high (weights 0-31 of each block in order).
 OQ_AVX512_INLINE __m512i nibbles2(const uint8_t* a, const uint8_t* b) {
     // a's bytes in 128-bit lanes 0-1, b's in 2-3: broadcast loads, no shuffle on the busiest port
-    const __m512i v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
-                                                  0xff00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+    const __m128i qa = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+    const __m128i qb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+    const __m512i v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(qa), 0xff00, qb);
     return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(15));
 }
 
@@ -209,7 +210,8 @@ OQ_AVX512_INLINE void row_q45_k(const uint8_t* row, const QAct& x, int64_t t0, f
             __m512i q = _mm512_and_si512(_mm512_srlv_epi64(v, halves(0, 4)), m4);
             if (kFifthBit) {  // bit 2j of qh[l] for the low half, bit 2j + 1 for the high half
                 const int64_t bit = 0x0101010101010101LL << (2 * j);
-                q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(qh, halves(bit, bit << 1)), q, _mm512_set1_epi8(0x10));
+                const __mmask64 set = _mm512_test_epi8_mask(qh, halves(bit, bit << 1));
+                q = _mm512_mask_add_epi8(q, set, q, _mm512_set1_epi8(0x10));
             }
             const __m512i scale = _mm512_permutexvar_epi16(lanes16(2 * j, 2 * j, 2 * j + 1, 2 * j + 1), sc16);
             for (int u = 0; u < TT; ++u) {

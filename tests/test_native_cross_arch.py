@@ -2,12 +2,13 @@
 
 tests/native/simd_kernels_check.cpp compares each kernel table a build has for the CPU with the
 portable scalar one, and the decode step's vector primitives with fp64, in plain C++. Here it runs
-natively (AVX2, and AVX-512 or AVX-VNNI where the CPU has them), built over SIMDe's portable
-intrinsics (the AVX-512 and AVX-VNNI kernels on a CPU with neither), and, cross-compiled, under
-qemu-user as AArch64 (NEON, with widening multiplies and with SDOT, the dot-product extension,
-picked at build time or at run time), so that the paths that Xeon, Zen 4, recent Intel laptop, Apple-silicon, Graviton and Raspberry Pi
-users get are checked on a machine that has none of those CPUs.
-.ci/run installs the cross compiler and qemu-user from Debian's packages and fetches SIMDe 0.8.2
+natively with GCC and clang (AVX2, and AVX-512 or AVX-VNNI where the CPU has them), built over
+SIMDe's portable intrinsics (the AVX-512 and AVX-VNNI kernels on a CPU with neither), and,
+cross-compiled, under qemu-user as AArch64 (NEON, with widening multiplies and with SDOT, the
+dot-product extension, picked at build time or at run time), so that the paths that Xeon, Zen 4,
+recent Intel laptop, Apple-silicon, Graviton and Raspberry Pi users get are checked on a machine
+that has none of those CPUs.
+.ci/run installs clang, the cross compiler and qemu-user from Debian's packages and fetches SIMDe 0.8.2
 (Debian bookworm's 0.7.4 lacks intrinsics the kernels use) into $OQ_SIMDE_INCLUDE.
 """
 
@@ -64,7 +65,8 @@ def simde_include() -> Path | None:
         header = Path(root or "/nonexistent") / "simde" / "simde-common.h"
         if header.is_file():
             text = header.read_text()
-            version = [int(re.search(rf"#define SIMDE_VERSION_{part} (\d+)", text).group(1)) for part in ("MAJOR", "MINOR")]
+            version = [int(re.search(rf"#define SIMDE_VERSION_{part} (\d+)", text).group(1))
+                       for part in ("MAJOR", "MINOR")]
             if version >= [0, 8]:
                 return header.parent.parent
     return None
@@ -75,7 +77,8 @@ def linux_x86_with_avx2() -> bool:
     return platform.machine() == "x86_64" and cpuinfo.is_file() and " avx2" in cpuinfo.read_text()
 
 
-@pytest.mark.skipif(not linux_x86_with_avx2(), reason="the emulated AVX-512 build runs SIMDe over AVX2: needs Linux x86-64 with AVX2")
+@pytest.mark.skipif(not linux_x86_with_avx2(),
+                    reason="the emulated build runs SIMDe over AVX2: needs Linux x86-64 with AVX2")
 def test_avx512_and_avx_vnni_kernels_match_scalar_under_simde(tmp_path):
     """The kernels built with OQ_SIMDE: the same code over SIMDe's AVX-512 and VNNI intrinsics,
     which are written to give the hardware's results; the CPU checks are bypassed."""
