@@ -16,11 +16,10 @@ ThreadPool* g_pool = nullptr;
 int g_num_threads = 0;
 
 const KernelTable* best_kernels() {
-    const KernelTable* simd = avx512_kernels();
-    if (simd == nullptr) simd = avx_vnni_kernels();
-    if (simd == nullptr) simd = avx2_kernels();
-    if (simd == nullptr) simd = neon_kernels();
-    return simd != nullptr ? simd : &scalar_kernels();
+    for (const KernelTable* table : kernel_tables()) {
+        if (table != nullptr) return table;
+    }
+    return &scalar_kernels();  // not reached: the list ends with it
 }
 
 struct SegmentsJob {
@@ -65,6 +64,10 @@ void segment_rows(const MatmulSegment& s, int T, int64_t lo, int64_t hi) {
     } else {
         rows_q5_0_unpacked(k, s, T, lo, hi);
     }
+}
+
+std::array<const KernelTable*, 5> kernel_tables() {
+    return {avx512_kernels(), avx_vnni_kernels(), avx2_kernels(), neon_kernels(), &scalar_kernels()};
 }
 
 const KernelTable& kernels() {

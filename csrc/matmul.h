@@ -2,6 +2,7 @@
 // table, the worker pool, activation quantization and row-parallel matmuls over several weights.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <mutex>
 #include <vector>
@@ -11,6 +12,9 @@
 
 namespace oq {
 
+// Every kernel table, best first: null where the CPU or the build lacks it; the scalar one, last,
+// always exists. kernels() starts with the first non-null one.
+std::array<const KernelTable*, 5> kernel_tables();
 const KernelTable& kernels();
 void select_kernels(const KernelTable* table);
 

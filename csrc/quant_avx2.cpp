@@ -15,8 +15,6 @@
 #include "quant_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <algorithm>
-
 #include "avx2_common.h"
 
 #if defined(OQ_SIMDE)  // tests only: AVX-VNNI through SIMDe's portable intrinsics (their EVEX names)
@@ -234,21 +232,17 @@ OQ_AVX2 void quantize_act256_avx2(const float* x, int64_t K, int8_t* q, float* d
     }
 }
 
-KernelTable make_table(const char* name, const RowsFn (&rows)[kNumTypes]) {
-    KernelTable table{name, quantize_act32_avx2, quantize_act256_avx2, {}};
-    std::copy(rows, rows + kNumTypes, table.rows);
-    return table;
-}
-
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-    static const KernelTable table = make_table("avx2", plain::kRows);
+    static const KernelTable table =
+        make_kernel_table("avx2", quantize_act32_avx2, quantize_act256_avx2, plain::kRows);
     return x86_features().avx2 ? &table : nullptr;
 }
 
 const KernelTable* avx_vnni_kernels() {
-    static const KernelTable table = make_table("avx-vnni", vnni::kRows);
+    static const KernelTable table =
+        make_kernel_table("avx-vnni", quantize_act32_avx2, quantize_act256_avx2, vnni::kRows);
 #if defined(OQ_SIMDE)
     const bool vnni = true;
 #else

@@ -292,6 +292,13 @@ constexpr RowsFn rows_q45_k = rows_tiled<tile<row_q45_k<kFifthBit, 4>>, tile<row
 constexpr RowsFn rows_q6_k =
     rows_tiled<tile<row_q6_k<4>>, tile<row_q6_k<3>>, tile<row_q6_k<2>>, tile<row_q6_k<1>>>;
 
+// In kTypes order. No Q5_0_PAIRS kernel: Q5_0 is as cheap to unpack here, so packed_type() keeps
+// GGUF blocks.
+constexpr RowsFn kRows[kNumTypes] = {
+    rows_32<BlockQ4_0>, rows_32<BlockQ4_1>, rows_32<BlockQ5_0>, rows_32<BlockQ5_1>,
+    rows_32<BlockQ8_0>, rows_q45_k<false>, rows_q45_k<true>, rows_q6_k, nullptr,
+};
+
 }  // namespace
 
 const KernelTable* avx512_kernels() {
@@ -302,14 +309,7 @@ const KernelTable* avx512_kernels() {
 #endif
     const KernelTable* avx2 = avx2_kernels();  // every AVX-512 CPU has AVX2; its quantizers are shared
     if (avx2 == nullptr || !avx512) return nullptr;
-    // No Q5_0_PAIRS kernel: Q5_0 is as cheap to unpack here, so packed_type() keeps GGUF blocks.
-    static const KernelTable table = {
-        "avx512-vnni",
-        avx2->quantize_act32,
-        avx2->quantize_act256,
-        {rows_32<BlockQ4_0>, rows_32<BlockQ4_1>, rows_32<BlockQ5_0>, rows_32<BlockQ5_1>, rows_32<BlockQ8_0>,
-         rows_q45_k<false>, rows_q45_k<true>, rows_q6_k, nullptr},
-    };
+    static const KernelTable table = make_kernel_table("avx512-vnni", avx2->quantize_act32, avx2->quantize_act256, kRows);
     return &table;
 }
 

@@ -178,6 +178,14 @@ struct KernelTable {
     RowsFn rows[kNumTypes];
 };
 
+// A table from its activation quantizers and its row kernels in kTypes order.
+inline KernelTable make_kernel_table(const char* name, QuantizeAct32Fn quantize_act32, QuantizeAct256Fn quantize_act256,
+                                     const RowsFn (&rows)[kNumTypes]) {
+    KernelTable table{name, quantize_act32, quantize_act256, {}};
+    for (int i = 0; i < kNumTypes; ++i) table.rows[i] = rows[i];
+    return table;
+}
+
 const KernelTable& scalar_kernels();
 // Null when the CPU or the build lacks the instruction set.
 const KernelTable* avx2_kernels();

@@ -156,8 +156,7 @@ PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(kernels().n
 PyObject* py_set_isa(PyObject*, PyObject* arg) {
     const char* name = PyUnicode_AsUTF8(arg);
     if (name == nullptr) return nullptr;
-    const KernelTable* candidates[] = {avx512_kernels(), avx_vnni_kernels(), avx2_kernels(), neon_kernels(), &scalar_kernels()};
-    for (const KernelTable* k : candidates) {
+    for (const KernelTable* k : kernel_tables()) {
         if (k != nullptr && std::strcmp(k->name, name) == 0) {
             std::lock_guard<std::mutex> lock(pool_mutex());
             select_kernels(k);

@@ -8,7 +8,6 @@
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 
-#include <algorithm>
 #if defined(__linux__)
 #include <sys/auxv.h>
 #endif
@@ -159,21 +158,16 @@ namespace sdot {
 #pragma GCC pop_options
 #endif
 
-KernelTable make_table(const char* name, const RowsFn (&rows)[kNumTypes]) {
-    KernelTable table{name, quantize_act32_neon, quantize_act256_neon, {}};
-    std::copy(rows, rows + kNumTypes, table.rows);
-    return table;
-}
-
 }  // namespace
 
 const KernelTable* neon_kernels() {
 #if defined(OQ_NEON_RUNTIME_SDOT)
-    static const KernelTable table = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0
-                                         ? make_table(kSdotName, sdot::kRows)
-                                         : make_table(kBaseName, base::kRows);
+    const bool sdot_kernels = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    static const KernelTable table =
+        sdot_kernels ? make_kernel_table(kSdotName, quantize_act32_neon, quantize_act256_neon, sdot::kRows)
+                     : make_kernel_table(kBaseName, quantize_act32_neon, quantize_act256_neon, base::kRows);
 #else
-    static const KernelTable table = make_table(kBaseName, base::kRows);
+    static const KernelTable table = make_kernel_table(kBaseName, quantize_act32_neon, quantize_act256_neon, base::kRows);
 #endif
     return &table;
 }
