@@ -243,12 +243,7 @@ const KernelTable* avx2_kernels() {
 const KernelTable* avx_vnni_kernels() {
     static const KernelTable table =
         make_kernel_table("avx-vnni", quantize_act32_avx2, quantize_act256_avx2, vnni::kRows);
-#if defined(OQ_SIMDE)
-    const bool vnni = true;
-#else
-    const bool vnni = x86_features().avx_vnni;
-#endif
-    return avx2_kernels() != nullptr && vnni ? &table : nullptr;
+    return x86_features().avx_vnni ? &table : nullptr;
 }
 
 }  // namespace oq

@@ -302,13 +302,8 @@ constexpr RowsFn kRows[kNumTypes] = {
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-#if defined(OQ_SIMDE)
-    const bool avx512 = true;
-#else
-    const bool avx512 = x86_features().avx512_vnni;
-#endif
-    const KernelTable* avx2 = avx2_kernels();  // every AVX-512 CPU has AVX2; its quantizers are shared
-    if (avx2 == nullptr || !avx512) return nullptr;
+    if (!x86_features().avx512_vnni) return nullptr;
+    const KernelTable* avx2 = avx2_kernels();  // not null (avx512_vnni implies avx2): its quantizers are shared
     static const KernelTable table = make_kernel_table("avx512-vnni", avx2->quantize_act32, avx2->quantize_act256, kRows);
     return &table;
 }
