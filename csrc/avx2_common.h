@@ -99,6 +99,22 @@ inline void k_scales(const uint8_t* s, uint64_t& sc, uint64_t& mn) {
     mn = (a1 & k6) | static_cast<uint64_t>(((a2 >> 4) & k4) | (((a1 >> 6) & k2) << 4)) << 32;
 }
 
+// Q4_K/Q5_K mins term of one super-block against one activation row: per pair of sub-blocks, the
+// sum over s of m[s] * (sum of sub-block s's 32 activation quants), from its 16 bsums; mn16 holds
+// the 8 mins as int16.
+OQ_AVX2_INLINE __m128 k_mins(const int16_t* bsums, __m128i mn16) {
+    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums));
+    const __m128i sums = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    return _mm_cvtepi32_ps(_mm_madd_epi16(mn16, sums));
+}
+
+// Q6_K stores its quants as q + 32: -32 * the sum over the 16 sub-blocks of scale * sum(x) (8
+// partial sums), from the 16 int16 scales and the activation row's 16 bsums.
+OQ_AVX2_INLINE __m256i q6_k_offset(__m256i sc16, const int16_t* bsums) {
+    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums));
+    return _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+}
+
 }  // namespace oq
 
 #endif

@@ -196,10 +196,7 @@ OQ_AVX512_INLINE void row_q45_k(const uint8_t* row, const QAct& x, int64_t t0, f
         __m512i isum[TT];
         for (int u = 0; u < TT; ++u) {
             const int64_t t = t0 + u;
-            const int16_t* bsums = x.bsums + t * (x.K / 16) + sb * 16;
-            const __m256i bs = load256(bsums);
-            const __m128i sums = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-            const __m128 m = _mm_cvtepi32_ps(_mm_madd_epi16(mn16, sums));
+            const __m128 m = k_mins(x.bsums + t * (x.K / 16) + sb * 16, mn16);
             acc_min[u] = _mm_fmadd_ps(m, _mm_set1_ps(dmin * x.d[t * nsb + sb]), acc_min[u]);
             isum[u] = _mm512_setzero_si512();
         }
@@ -245,10 +242,8 @@ OQ_AVX512_INLINE void row_q6_k(const uint8_t* row, const QAct& x, int64_t t0, fl
         const __m512i sc16z = _mm512_castsi256_si512(sc16);
         __m512i isum[TT];
         for (int u = 0; u < TT; ++u) {
-            // The quants are stored as q + 32: start from -32 * sum over 16-groups of scale * sum(x).
-            const __m256i bs = load256(x.bsums + (t0 + u) * (x.K / 16) + sb * 16);
-            const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5);
-            isum[u] = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_sub_epi32(_mm256_setzero_si256(), offset), 0);
+            const __m256i offset = q6_k_offset(sc16, x.bsums + (t0 + u) * (x.K / 16) + sb * 16);
+            isum[u] = _mm512_inserti64x4(_mm512_setzero_si512(), offset, 0);
         }
         for (int h = 0; h < 2; ++h) {
             const __m512i l = load512(blk + 64 * h);
