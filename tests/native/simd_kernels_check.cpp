@@ -1,6 +1,6 @@
-// Every SIMD kernel table this build has for this CPU (AVX-512 and AVX2 on x86-64, NEON on AArch64)
-// against the portable scalar one, without Python, so that it can be cross-compiled and run under an
-// emulator, or built over SIMDe's portable AVX-512 (tests/test_native_cross_arch.py). For every GGML
+// Every SIMD kernel table this build has for this CPU (AVX-512, AVX-VNNI and AVX2 on x86-64, NEON on
+// AArch64) against the portable scalar one, without Python, so that it can be cross-compiled and run
+// under an emulator, or built over SIMDe's portable intrinsics (tests/test_native_cross_arch.py). For every GGML
 // block type and 1..9 activation rows:
 //  - the activation quantizers agree bit for bit;
 //  - the SIMD and scalar dot products agree within 1e-5 of sum |w| |x| (float rounding order);
@@ -76,6 +76,17 @@ std::vector<uint8_t> random_blocks(int idx, int64_t rows, int64_t K, std::mt1993
     return raw;
 }
 
+// y[T, N] = x[T, K] @ W[N, K]^T through one table's activation quantizer and row kernel; `acts`
+// keeps the quantized activations.
+std::vector<float> table_rows(const KernelTable& table, int idx, const std::vector<uint8_t>& w,
+                              const std::vector<float>& x, int T, int64_t N, int64_t K, QuantizedActs& acts) {
+    select_kernels(&table);
+    acts.quantize(x.data(), T, K, kTypes[idx].block_elems);
+    std::vector<float> y(static_cast<size_t>(T * N), NAN);
+    table.rows[idx](w.data(), row_bytes(idx, K), acts.act(), T, y.data(), N, 0, N);
+    return y;
+}
+
 // One type at T activation rows: quantizers, SIMD vs scalar, scalar vs the fp64 bound.
 void check_type(const KernelTable& simd, int idx, int T, std::mt19937& rng) {
     const int64_t N = 45, K = is_k_quant(idx) ? 1024 : 928;  // 29 blocks of 32: groups of 8 plus a tail
@@ -86,14 +97,8 @@ void check_type(const KernelTable& simd, int idx, int T, std::mt19937& rng) {
     for (int64_t i = 0; i < T * K; ++i) x[i] = normal(rng) * (i % K < 32 ? 20.0f : 1.0f);  // one loud block
 
     QuantizedActs acts[2];
-    const KernelTable* tables[2] = {&simd, &scalar_kernels()};
-    std::vector<float> y[2];
-    for (int s = 0; s < 2; ++s) {
-        select_kernels(tables[s]);
-        acts[s].quantize(x.data(), T, K, block);
-        y[s].assign(static_cast<size_t>(T * N), NAN);
-        tables[s]->rows[idx](w.data(), row_bytes(idx, K), acts[s].act(), T, y[s].data(), N, 0, N);
-    }
+    const std::vector<float> y[2] = {table_rows(simd, idx, w, x, T, N, K, acts[0]),
+                                     table_rows(scalar_kernels(), idx, w, x, T, N, K, acts[1])};
     const QAct &a = acts[0].act(), &b = acts[1].act();
     if (std::memcmp(a.q, b.q, T * K) != 0) fail("activation quants", type_name(idx), T, -1, 0, 0);
     if (std::memcmp(a.d, b.d, sizeof(float) * T * (K / block)) != 0) fail("activation scales", type_name(idx), T, -1, 0, 0);
@@ -183,15 +188,9 @@ int check_same_bits(const KernelTable& a, const KernelTable& b, std::mt19937& rn
             std::vector<float> x(static_cast<size_t>(T * K));
             std::normal_distribution<float> normal;
             for (auto& v : x) v = normal(rng);
-            std::vector<float> y[2];
-            const KernelTable* tables[2] = {&a, &b};
-            for (int s = 0; s < 2; ++s) {
-                select_kernels(tables[s]);
-                QuantizedActs acts;
-                acts.quantize(x.data(), T, K, kTypes[idx].block_elems);
-                y[s].assign(static_cast<size_t>(T * N), NAN);
-                tables[s]->rows[idx](w.data(), row_bytes(idx, K), acts.act(), T, y[s].data(), N, 0, N);
-            }
+            QuantizedActs acts[2];
+            const std::vector<float> y[2] = {table_rows(a, idx, w, x, T, N, K, acts[0]),
+                                             table_rows(b, idx, w, x, T, N, K, acts[1])};
             for (size_t i = 0; i < y[0].size(); ++i) {
                 if (std::memcmp(&y[0][i], &y[1][i], sizeof(float)) != 0) fail("same bits", type_name(idx), T, i, y[0][i], y[1][i]);
             }
