@@ -128,12 +128,15 @@ def worker_main(argv: list[str]) -> None:
 def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .registry import resolve_model
 
-    model = str(resolve_model(args.model))
+    if args.prompt_tokens < 1 or args.new_tokens < 1:
+        raise ValueError("--prompt-tokens and --new-tokens must be at least 1")
     peers = [p.strip() for p in args.peers.split(",") if p.strip() and p.strip() != "none"]
+    unknown = [p for p in peers if p not in RUNTIMES[1:]]
+    if unknown:
+        raise ValueError(f"unknown peer {unknown[0]!r}; choose from {', '.join(RUNTIMES[1:])}")
+    model = str(resolve_model(args.model))
     results = []
     for runtime in ["openqwen", *peers]:
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown peer {runtime!r}; choose from {', '.join(RUNTIMES[1:])}")
         if runtime == "llama-cpp" and not model.endswith(".gguf"):
             continue
         cmd = [sys.executable, "-m", "openqwen.bench", runtime, model, "--prompt-tokens", str(args.prompt_tokens),
@@ -146,6 +149,8 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
         if line is None:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            if runtime == "openqwen":  # the row every other one is compared with
+                raise RuntimeError(f"openqwen failed: {last}")
             print(f"  {runtime} skipped: {last}", file=sys.stderr)
             continue
         results.append(json.loads(line[6:]))

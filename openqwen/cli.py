@@ -31,6 +31,12 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--greedy", action="store_true", help="temperature 0")
 
 
+def _thinking_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--think", dest="thinking", action="store_true", default=None, help="thinking on (Qwen3)")
+    g.add_argument("--no-think", dest="thinking", action="store_false", help="thinking off (Qwen3)")
+
+
 def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The flags that pick and load a model, shared by every command that loads one (serve too)."""
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"path (HF directory or .gguf) or registry name (default {DEFAULT_MODEL})")
@@ -53,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(chat)
     _sampling_flags(chat)
     chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--think", dest="thinking", action="store_true", default=None, help="thinking on (Qwen3)")
-    chat.add_argument("--no-think", dest="thinking", action="store_false", help="thinking off (Qwen3)")
+    _thinking_flags(chat)
 
     gen = sub.add_parser("generate", help="one prompt, reply to stdout")
     gen.add_argument("prompt", help="the prompt ('-' reads stdin)")
@@ -62,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_flags(gen)
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.add_argument("--system", help="system prompt")
-    gen.add_argument("--think", dest="thinking", action="store_true", default=None)
-    gen.add_argument("--no-think", dest="thinking", action="store_false")
+    _thinking_flags(gen)
     gen.add_argument("--logprobs", type=int, default=None, help="top-k logprobs per token (with --json)")
     gen.add_argument("--json", action="store_true", help="print a machine-readable result")
 
@@ -92,7 +96,7 @@ def sampling_from_args(args: argparse.Namespace, defaults: dict[str, Any], max_t
             values[name] = getattr(args, name)
     if getattr(args, "greedy", False):
         values["temperature"] = 0.0
-    values["max_tokens"] = args.max_tokens or max_tokens
+    values["max_tokens"] = max_tokens if args.max_tokens is None else args.max_tokens
     values["stop"] = args.stop
     if getattr(args, "logprobs", None) is not None:
         values["logprobs"] = args.logprobs
@@ -102,7 +106,7 @@ def sampling_from_args(args: argparse.Namespace, defaults: dict[str, Any], max_t
 def _load(args: argparse.Namespace):
     from .llm import LLM
 
-    options = {"max_model_len": args.max_model_len} if args.max_model_len else {}
+    options = {} if args.max_model_len is None else {"max_model_len": args.max_model_len}
     return LLM(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
                kv_cache_dtype=args.kv_cache_dtype, **options)
 

@@ -95,7 +95,12 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
     decode on a GPU; on the CPU decode then leaves the native step for the PyTorch path)."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}; use one of none, q8_0, q4_k")
-    check_kv_cache_dtype(kv_cache_dtype)  # before the weights load
+    # before the weights load, so a bad option costs no loading time
+    check_kv_cache_dtype(kv_cache_dtype)
+    _check_engine_sizes(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                        max_num_batched_tokens=max_num_batched_tokens, block_size=block_size, kv_cache_gb=kv_cache_gb)
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     path = resolve_model(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -130,6 +135,13 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
     if not sampling:
         sampling = dict(FAMILY_SAMPLING["qwen3" if args.model_type.startswith("qwen3") else "qwen2"])
     return LoadedModel(path, args, net, tokenizer, engine, dev, torch_dtype, sampling, checkpoint)
+
+
+def _check_engine_sizes(**sizes: float | None) -> None:
+    """Every size given (None: the default) must be positive."""
+    for name, value in sizes.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
 
 
 def _num_kv_blocks(per_block: int, device: torch.device, block_size: int, max_len: int,

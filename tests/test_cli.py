@@ -72,6 +72,15 @@ def test_models_lists_default():
     (("generate", "x", "--model", "no-such-model"), "no-such-model"),
     (("generate", "x", "--model", "__TINY__", "--top-p", "0"), "top_p"),
     (("generate", "x", "--model", "__TINY__", "--dtype", "int3"), "dtype"),
+    (("generate", "x", "--model", "__TINY__", "--max-tokens", "0"), "max_tokens must be at least 1"),
+    (("generate", "x", "--model", "__TINY__", "--stop", ""), "stop strings must not be empty"),
+    # engine sizes are checked before the model is even looked up
+    (("generate", "x", "--model", "/nonexistent", "--max-model-len", "0"), "max_model_len must be positive"),
+    (("serve", "--model", "/nonexistent", "--port", "0", "--kv-cache-gb", "-1"), "kv_cache_gb must be positive"),
+    (("serve", "--model", "/nonexistent", "--port", "70000"), "--port must be in 0-65535"),
+    (("serve", "--model", "/nonexistent", "--host", "no-such-host.invalid"), "cannot listen on"),
+    (("bench", "--model", "/nonexistent", "--new-tokens", "0"), "--new-tokens must be at least 1"),
+    (("bench", "--model", "/nonexistent", "--peers", "vllm"), "unknown peer 'vllm'"),
 ])
 def test_errors_are_one_line(tiny, args, message):
     proc = openqwen(*[tiny if a == "__TINY__" else a for a in args])
@@ -79,6 +88,25 @@ def test_errors_are_one_line(tiny, args, message):
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("openqwen: error:")]
     assert len(error_lines) == 1 and message in error_lines[0], proc.stderr
+
+
+def test_serve_fails_on_a_taken_port_before_loading():
+    """The socket is bound before the model loads: a taken port is one line at once (the model
+    given does not even exist), not a traceback after the load."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = openqwen("serve", "--model", "/nonexistent", "--port", str(port), "--log-level", "error")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"openqwen: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_think_flags_exclude_each_other(tiny):
+    proc = openqwen("generate", "x", "--model", tiny, "--think", "--no-think")
+    assert proc.returncode == 2 and "not allowed with argument --think" in proc.stderr
 
 
 def test_serve_enforce_eager_flag_reaches_llm(monkeypatch):
@@ -98,7 +126,7 @@ def test_serve_enforce_eager_flag_reaches_llm(monkeypatch):
     monkeypatch.setattr(cli_serve, "configure_logging", lambda level: None)
     for flags, expected in (([], False), (["--enforce-eager"], True)):
         with pytest.raises(Loaded) as loaded:
-            cli_serve.cmd_serve(build_parser().parse_args(["serve", "--model", "m", *flags]))
+            cli_serve.cmd_serve(build_parser().parse_args(["serve", "--model", "m", "--port", "0", *flags]))
         assert loaded.value.args[0]["enforce_eager"] is expected
 
 

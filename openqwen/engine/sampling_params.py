@@ -50,6 +50,7 @@ class SamplingParams:
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be at least 1"),
+            (all(self.stop), "stop strings must not be empty"),
             (self.min_tokens >= 0, "min_tokens must be non-negative"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
         ]

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -46,6 +47,25 @@ def served_name(model: str) -> str:
     return model
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads (as vLLM does): a taken port or an unknown
+    host fails at once instead of after the load, and nothing else can take the port meanwhile."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be in 0-65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot listen on {host!r}: {exc.strerror}") from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart over TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
 def configure_logging(level: str) -> None:
     from .middleware import JsonFormatter
 
@@ -67,14 +87,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if (exc.name or "openqwen").split(".")[0] == "openqwen":
             raise
         raise ImportError(f"`openqwen serve` needs {exc.name}: pip install 'openqwen[serve]'") from exc
-    from ..llm import LLM
-    from .service import Limits
-
     configure_logging(args.log_level)
     log = logging.getLogger("openqwen.server")
-    for name in ("max_body_bytes", "max_queue", "port"):
-        if getattr(args, name) < (0 if name == "port" else 1):
+    for name in ("max_body_bytes", "max_queue"):
+        if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    with listen_socket(args.host, args.port) as sock:
+        _load_and_serve(args, sock, log)
+    return 0
+
+
+def _load_and_serve(args: argparse.Namespace, sock: socket.socket, log: logging.Logger) -> None:
+    import uvicorn
+
+    from ..llm import LLM
+    from .app import create_app
+    from .service import Limits
+
     options = {k: getattr(args, k) for k in ("max_model_len", "max_num_seqs", "kv_cache_gb", "quantize") if getattr(args, k) is not None}
     log.info("loading model", extra={"model": args.model})
     llm = LLM(args.model, device=args.device, dtype=args.dtype, enforce_eager=args.enforce_eager,
@@ -82,19 +111,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     names = args.served_model_name or [served_name(args.model)]
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue)
     app = create_app(llm, names, api_key=args.api_key, limits=limits)
-    log.info("serving", extra={"model": names[0], "url": f"http://{args.host}:{args.port}", "load_seconds": round(llm.load_seconds, 1),
-                               "auth": bool(args.api_key)})
-    print(f"openqwen: serving {names[0]} on http://{args.host}:{args.port} (web chat at /, OpenAI and Anthropic APIs at /v1)",
-          file=sys.stderr, flush=True)
+    url = f"http://{args.host}:{sock.getsockname()[1]}"  # the port the system chose, for --port 0
+    log.info("serving", extra={"model": names[0], "url": url, "load_seconds": round(llm.load_seconds, 1), "auth": bool(args.api_key)})
+    print(f"openqwen: serving {names[0]} on {url} (web chat at /, OpenAI and Anthropic APIs at /v1)", file=sys.stderr, flush=True)
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that
     # one a no-op so a clean drain exits with status 0 instead of "killed by SIGTERM".
     previous = signal.signal(signal.SIGTERM, lambda *_: log.info("drained; exiting"))
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None,
-                    timeout_graceful_shutdown=args.drain_timeout, timeout_keep_alive=5)
+        config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None,
+                                timeout_graceful_shutdown=args.drain_timeout, timeout_keep_alive=5)
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    if not server.started:  # uvicorn logged why (e.g. the app's startup failed)
+        raise RuntimeError("the server did not start")
 
 
 def main(argv: list[str] | None = None) -> int:
