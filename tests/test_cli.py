@@ -79,6 +79,9 @@ def test_models_lists_default():
     (("serve", "--model", "/nonexistent", "--port", "0", "--kv-cache-gb", "-1"), "kv_cache_gb must be positive"),
     (("serve", "--model", "/nonexistent", "--port", "70000"), "--port must be in 0-65535"),
     (("serve", "--model", "/nonexistent", "--host", "no-such-host.invalid"), "cannot listen on"),
+    (("serve", "--model", "/nonexistent", "--max-prompt-tokens", "0"), "--max-prompt-tokens must be positive"),
+    (("serve", "--model", "/nonexistent", "--drain-timeout", "-1"), "--drain-timeout must be non-negative"),
+    (("serve", "--model", "/nonexistent", "--served-model-name", " "), "--served-model-name must not be empty"),
     (("bench", "--model", "/nonexistent", "--new-tokens", "0"), "--new-tokens must be at least 1"),
     (("bench", "--model", "/nonexistent", "--peers", "vllm"), "unknown peer 'vllm'"),
 ])

@@ -89,9 +89,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ImportError(f"`openqwen serve` needs {exc.name}: pip install 'openqwen[serve]'") from exc
     configure_logging(args.log_level)
     log = logging.getLogger("openqwen.server")
-    for name in ("max_body_bytes", "max_queue"):
-        if getattr(args, name) < 1:
+    for name in ("max_body_bytes", "max_queue", "max_prompt_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.drain_timeout < 0:
+        raise ValueError("--drain-timeout must be non-negative")
+    if args.served_model_name is not None and not all(name.strip() for name in args.served_model_name):
+        raise ValueError("--served-model-name must not be empty")
     with listen_socket(args.host, args.port) as sock:
         _load_and_serve(args, sock, log)
     return 0
