@@ -79,6 +79,8 @@ def open_checkpoint(path: Path) -> SafetensorsDir | GGUFFile:
         return SafetensorsDir(path)
     if path.is_file():
         return GGUFFile(path)
+    if path.exists():  # a device, a pipe, a socket
+        raise WeightsError(f"{path}: not a model file or directory")
     raise WeightsError(f"{path}: no such file or directory")
 
 

@@ -70,6 +70,7 @@ def test_models_lists_default():
 @pytest.mark.parametrize("args, message", [
     (("generate", "x", "--model", "/nonexistent/model"), "/nonexistent/model"),
     (("generate", "x", "--model", "no-such-model"), "no-such-model"),
+    (("info", "/dev/null"), "/dev/null: not a model file or directory"),
     (("generate", "x", "--model", "__TINY__", "--top-p", "0"), "top_p"),
     (("generate", "x", "--model", "__TINY__", "--dtype", "int3"), "dtype"),
     (("generate", "x", "--model", "__TINY__", "--max-tokens", "0"), "max_tokens must be at least 1"),
