@@ -242,6 +242,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 print("\n[stopped]", file=sys.stderr)
                 history.pop()
                 continue
+            except ValueError as exc:  # e.g. the conversation outgrew the context: keep the session
+                history.pop()
+                print(f"openqwen: error: {exc} (/reset starts a new conversation)", file=sys.stderr)
+                continue
             history.append({"role": "assistant", "content": reply})
 
 

@@ -40,6 +40,28 @@ def test_chat_reads_piped_stdin(tiny):
     assert "tokens" in proc.stderr and "tok/s" in proc.stderr
 
 
+def test_chat_session_outlives_a_too_long_conversation(tiny):
+    """In the terminal chat, a message that no longer fits the context is one error line and the
+    session goes on: /reset, then the next message gets its reply."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "openqwen", "chat", "--model", tiny, "--max-model-len", "64",
+                             "--max-tokens", "4", "--greedy"], stdin=terminal, stdout=terminal, stderr=subprocess.PIPE,
+                            text=True)
+    os.close(terminal)
+    for line in ("word " * 80, "/reset", "Hi", "/exit"):
+        os.write(controller, (line + "\n").encode())
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "openqwen: error: the prompt has" in stderr and "(/reset starts a new conversation)" in stderr
+    assert "conversation cleared" in stderr and "finish: length" in stderr
+
+
 def test_info(tiny):
     proc = openqwen("info", tiny)
     assert proc.returncode == 0, proc.stderr
