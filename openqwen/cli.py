@@ -117,6 +117,8 @@ def _template_kwargs(thinking: bool | None) -> dict[str, Any]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-" and not prompt.strip():
+        raise ValueError("no input on stdin")
     llm = _load(args)
     params = sampling_from_args(args, llm.loaded.sampling_defaults, 256)
     start = time.perf_counter()

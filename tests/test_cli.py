@@ -62,6 +62,11 @@ def test_chat_session_outlives_a_too_long_conversation(tiny):
     assert "conversation cleared" in stderr and "finish: length" in stderr
 
 
+def test_generate_from_empty_stdin_is_an_error(tiny):
+    proc = openqwen("generate", "-", "--model", tiny, stdin="")
+    assert proc.returncode == 1 and proc.stderr.strip() == "openqwen: error: no input on stdin"
+
+
 def test_info(tiny):
     proc = openqwen("info", tiny)
     assert proc.returncode == 0, proc.stderr
