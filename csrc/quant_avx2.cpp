@@ -8,11 +8,14 @@
 // Offsets and mins go through the activation sums (QAct::ds / bsums), not through each weight.
 // At batch 1 the limits are memory and the vector ALUs, so: software prefetch 4 KiB ahead, up to
 // 4 independent FMA chains per output, and legacy block scales converted 8 at a time.
-// Each weight row is decoded once per tile of up to 4 activation rows (rows_tiled). Q5_0, whose
+// Each weight row is decoded once per tile of up to 4 activation rows (rows_tiled), or from 16
+// activation rows on once per call into a byte buffer (rows_decoded). Q5_0, whose
 // fifth bits made it the costliest to unpack, runs on a copy re-laid at load time (Q5_0_PAIRS).
 // The row kernels (quant_avx2_rows.inc) are compiled twice: plain AVX2, and with AVX-VNNI's dot
 // products for the CPUs that have it (avx_vnni_kernels(), same results bit for bit).
 #include "quant_common.h"
+
+#include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include "avx2_common.h"

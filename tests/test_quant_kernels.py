@@ -170,7 +170,7 @@ def _native_gguf_layout(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
 
 @needs_native
 @pytest.mark.parametrize("k", [32, 96, 224, 256, 800, 896, 928])  # 1 to 29 blocks: odd tails, short groups
-@pytest.mark.parametrize("T", [1, 2, 5])
+@pytest.mark.parametrize("T", [1, 2, 5, 17])  # 17: the decoded many-row path
 def test_q5_0_native_copy_is_bit_identical(k, T, restore_threads):
     """QuantLinear.native_weight's Q5_0 copy (Q5_0_PAIRS on AVX2) gives the GGUF kernel's results bit for bit."""
     kq.set_num_threads(2)
@@ -184,6 +184,19 @@ def test_q5_0_native_copy_is_bit_identical(k, T, restore_threads):
         torch.testing.assert_close(layer(x), _native_gguf_layout(layer, x), rtol=0, atol=0)
     finally:
         kq._native.set_isa(simd)
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("k", [96, 224, 928])  # 3, 7 and 29 blocks: short last groups, odd pairs
+def test_many_rows_decode_once_with_identical_results(qtype, k, restore_threads):
+    """From 16 activation rows on, the SIMD kernels decode each weight row once for all of them:
+    the results are those of 4-row calls, which decode it per call, bit for bit."""
+    kq.set_num_threads(2)
+    layer = QuantLinear.from_raw(random_blocks(qtype, 37, k, seed=k), qtype, 37, k)
+    x = torch.randn(24, k, generator=torch.Generator().manual_seed(k))
+    per_tile = torch.cat([layer(x[i:i + 4]) for i in range(0, 24, 4)])
+    torch.testing.assert_close(layer(x), per_tile, rtol=0, atol=0)
 
 
 @needs_native

@@ -1,7 +1,7 @@
 // Every SIMD kernel table this build has for this CPU (AVX-512, AVX-VNNI and AVX2 on x86-64, NEON on
 // AArch64) against the portable scalar one, without Python, so that it can be cross-compiled and run
 // under an emulator, or built over SIMDe's portable intrinsics (tests/test_native_cross_arch.py). For every GGML
-// block type and 1..9 activation rows:
+// block type and 1..9 and 17 activation rows:
 //  - the activation quantizers agree bit for bit;
 //  - the SIMD and scalar dot products agree within 1e-5 of sum |w| |x| (float rounding order);
 //  - the scalar result lies within the activation-quantization bound of the fp64 product of the
@@ -168,11 +168,19 @@ void check_threads_and_pairs(const KernelTable& simd, std::mt19937& rng) {
     std::vector<uint8_t> pairs(q5.size());
     const size_t rb = row_bytes(kQ5_0Index, K);
     for (int64_t n = 0; n < N; ++n) repack_q5_0_pairs(q5.data() + n * rb, pairs.data() + n * rb, K / kQK);
-    std::vector<float> y_plain(T * N), y_pairs(T * N);
-    segment_rows({kQ5_0Index, q5.data(), &acts[0].act(), y_plain.data(), N}, T, 0, N);
-    segment_rows({kQ5_0PairsIndex, pairs.data(), &acts[0].act(), y_pairs.data(), N}, T, 0, N);
-    for (size_t i = 0; i < y_plain.size(); ++i) {
-        if (std::memcmp(&y_plain[i], &y_pairs[i], sizeof(float)) != 0) fail("pairs layout", "Q5_0", T, i, y_pairs[i], y_plain[i]);
+    for (int rows : {T, 17}) {  // 17: the many-row path, which decodes each weight row once
+        std::vector<float> xr(static_cast<size_t>(rows * K));
+        for (auto& v : xr) v = normal(rng);
+        QuantizedActs act;
+        act.quantize(xr.data(), rows, K, kQK);
+        std::vector<float> y_plain(rows * N), y_pairs(rows * N);
+        segment_rows({kQ5_0Index, q5.data(), &act.act(), y_plain.data(), N}, rows, 0, N);
+        segment_rows({kQ5_0PairsIndex, pairs.data(), &act.act(), y_pairs.data(), N}, rows, 0, N);
+        for (size_t i = 0; i < y_plain.size(); ++i) {
+            if (std::memcmp(&y_plain[i], &y_pairs[i], sizeof(float)) != 0) {
+                fail("pairs layout", "Q5_0", rows, i, y_pairs[i], y_plain[i]);
+            }
+        }
     }
 }
 
@@ -182,7 +190,7 @@ int check_same_bits(const KernelTable& a, const KernelTable& b, std::mt19937& rn
     int cases = 0;
     for (int idx = 0; idx < kNumTypes; ++idx) {
         if (idx == kQ5_0PairsIndex) continue;  // compared with Q5_0 within each table
-        for (int T : {1, 4, 7}) {
+        for (int T : {1, 4, 7, 17}) {
             const int64_t N = 45, K = is_k_quant(idx) ? 1024 : 928;
             const std::vector<uint8_t> w = random_blocks(idx, N, K, rng);
             std::vector<float> x(static_cast<size_t>(T * K));
@@ -281,7 +289,10 @@ int main() {
         int checked = 0;
         for (int idx = 0; idx < kNumTypes; ++idx) {
             if (idx == kQ5_0PairsIndex) continue;  // a layout, not a GGML type: check_threads_and_pairs
-            for (int T = 1; T <= 9; ++T, ++checked) check_type(*simd, idx, T, rng);
+            for (int T : {1, 2, 3, 4, 5, 6, 7, 8, 9, 17}) {  // 17: the many-row path (rows_decoded)
+                check_type(*simd, idx, T, rng);
+                ++checked;
+            }
         }
         check_threads_and_pairs(*simd, rng);
         std::printf("%s vs scalar: %d type x row-count cases, threads, Q5_0_PAIRS: %d failures\n", simd->name, checked,
