@@ -150,13 +150,14 @@ using RowsFn = void (*)(const uint8_t* w, size_t row_bytes, const QAct& x, int T
 using TileFn = void (*)(const uint8_t* w, size_t row_bytes, const QAct& x, int64_t t0, float* y,
                         int64_t ldy, int64_t n0, int64_t n1);
 
-// A RowsFn from tile kernels for 4, 3, 2 and 1 activation rows. Weight rows go in blocks small
-// enough to stay in L2 while every tile of activation rows passes over them, so each weight byte
-// is read from memory once whatever T is.
+// Weight rows per block of rows_tiled: few enough to stay in L2 while every tile of activation
+// rows passes over them, so each weight byte is read from memory once whatever T is.
+constexpr int64_t kRowBlock = 16;
+
+// A RowsFn from tile kernels for 4, 3, 2 and 1 activation rows, over blocks of kRowBlock weight rows.
 template <TileFn kTile4, TileFn kTile3, TileFn kTile2, TileFn kTile1>
 void rows_tiled(const uint8_t* w, size_t row_bytes, const QAct& x, int T, float* y, int64_t ldy,
                 int64_t n0, int64_t n1) {
-    constexpr int64_t kRowBlock = 16;
     for (int64_t r0 = n0; r0 < n1; r0 += kRowBlock) {
         const int64_t r1 = r0 + kRowBlock < n1 ? r0 + kRowBlock : n1;
         int64_t t = 0;
