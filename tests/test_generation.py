@@ -135,7 +135,7 @@ def test_cpu_draw_follows_the_filtered_distribution(filters):
     assert probs[best[:2]].sum() < 0.8 <= probs[kept].sum()
     expected = probs[kept] / probs[kept].sum()
     gen = torch.Generator().manual_seed(0)
-    request = SampleRequest(SamplingParams(temperature=1.0, **filters), [], [], gen)
+    request = SampleRequest(SamplingParams(temperature=1.0, **filters), [], 0, gen)
     draws = [sample(logits.clone(), [request])[0][0] for _ in range(3000)]
     assert set(draws) <= set(kept)
     for token, p in zip(kept, expected.tolist()):
@@ -165,7 +165,7 @@ def test_presence_and_frequency_penalties_follow_openai_definition():
     """logit[t] -= presence * (count[t] > 0) + frequency * count[t], over generated tokens only."""
     logits = torch.zeros(1, 6)
     params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
-    apply_penalties(logits, [SampleRequest(params, prompt_token_ids=[0, 1], output_token_ids=[2, 2, 3], generator=None)])
+    apply_penalties(logits, [SampleRequest(params, token_ids=[0, 1, 2, 2, 3], num_prompt_tokens=2, generator=None)])
     assert logits[0].tolist() == [0.0, 0.0, -1.0, -0.75, 0.0, 0.0]
 
 
@@ -238,5 +238,5 @@ def test_extreme_sampling_values_fall_back_to_the_top_token():
     logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
     params = [SamplingParams(top_p=5e-324), SamplingParams(temperature=5e-324), SamplingParams(temperature=0.7, top_p=1e-320)]
     for draw in (sample, sample_on_device):
-        tokens, _ = draw(logits.clone(), [SampleRequest(p, [1], [2], None) for p in params])
+        tokens, _ = draw(logits.clone(), [SampleRequest(p, [1, 2], 1, None) for p in params])
         assert tokens == logits.argmax(-1).tolist()

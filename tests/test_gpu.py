@@ -32,7 +32,7 @@ def test_capture_sizes():
 
 def _requests(params: list[SamplingParams], generators=None) -> list[SampleRequest]:
     generators = generators or [None] * len(params)
-    return [SampleRequest(p, [1, 2], [3], g) for p, g in zip(params, generators)]
+    return [SampleRequest(p, [1, 2, 3], 2, g) for p, g in zip(params, generators)]
 
 
 def test_vectorized_sampler_greedy_filters_and_logprobs():

@@ -103,10 +103,15 @@ class _Request:
         self.request_id, self.prompt, self.prompt_ids, self.tracks = request_id, prompt, prompt_ids, tracks
 
     def output(self) -> RequestOutput:
+        tracks = self.tracks
+        if len(tracks) == 1:  # the common case, at every step of every request: no generators
+            track = tracks[0]
+            return RequestOutput(self.request_id, self.prompt, self.prompt_ids, [track.output],
+                                 track.output.finish_reason is not None, track.seq.num_cached_tokens)
         return RequestOutput(
-            self.request_id, self.prompt, self.prompt_ids, [t.output for t in self.tracks],
-            finished=all(t.output.finished for t in self.tracks),
-            num_cached_tokens=max(t.seq.num_cached_tokens for t in self.tracks),
+            self.request_id, self.prompt, self.prompt_ids, [t.output for t in tracks],
+            finished=all(t.output.finished for t in tracks),
+            num_cached_tokens=max(t.seq.num_cached_tokens for t in tracks),
         )
 
 

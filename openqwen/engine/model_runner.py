@@ -299,7 +299,7 @@ class ModelRunner:
         return self.model.compute_logits(self.model(ids, torch.arange(n, device=self.device), ctx))
 
     def _sample_request(self, seq) -> SampleRequest:
-        return SampleRequest(seq.sampling_params, seq.prompt_token_ids, seq.completion_token_ids, self._generator(seq),
+        return SampleRequest(seq.sampling_params, seq.token_ids, seq.num_prompt_tokens, self._generator(seq),
                              self._seed(seq), seq.eos_token_ids)
 
     @staticmethod

@@ -55,6 +55,14 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose KV is in the cache
         self.num_cached_tokens = 0  # of those, supplied by the prefix cache at the last allocation
         self.finish_reason: str | None = None  # "stop", "length" or "abort"
+        # Length at which the sequence stops for "length": max_tokens or the context, whichever
+        # comes first, but always room for one sampled token (a prompt that fills the context
+        # still gets an answer, as in vLLM). The last token is never fed back, so the KV cache
+        # never holds more than `max_num_tokens - 1` positions for this sequence. Fixed here, once:
+        # the scheduler reads it for every sequence at every step.
+        limit = max_model_len if sampling_params.max_tokens is None else min(
+            max_model_len, self.num_prompt_tokens + sampling_params.max_tokens)
+        self.max_num_tokens: int = max(limit, self.num_prompt_tokens + 1)
 
     def __repr__(self) -> str:
         return (
@@ -85,17 +93,6 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
-
-    @property
-    def max_num_tokens(self) -> int:
-        """Length at which the sequence stops for "length": max_tokens or the context, whichever
-        comes first, but always room for one sampled token (a prompt that fills the context still
-        gets an answer, as in vLLM). The last token is never fed back, so the KV cache never holds
-        more than `max_num_tokens - 1` positions for this sequence."""
-        limit = self.max_model_len
-        if self.sampling_params.max_tokens is not None:
-            limit = min(limit, self.num_prompt_tokens + self.sampling_params.max_tokens)
-        return max(limit, self.num_prompt_tokens + 1)
 
     def num_blocks(self, block_size: int) -> int:
         """Blocks needed to hold every current token."""

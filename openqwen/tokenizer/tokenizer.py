@@ -67,6 +67,7 @@ class Tokenizer:
         added = backend.get_added_tokens_decoder()
         self._added_text = {i: t.content for i, t in added.items()}
         self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        self._bytes_of: dict[int, bytes] = {}  # token_bytes, filled as tokens are first decoded
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -149,14 +150,18 @@ class Tokenizer:
         return token_id in self._special_ids
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The raw bytes a token stands for (may be part of a UTF-8 character); b"" if unknown."""
-        if token_id in self._added_text:
-            return self._added_text[token_id].encode("utf-8")
-        token = self._backend.id_to_token(token_id)
-        if token is None:
-            return b""
-        table = _byte_decoder()
-        return bytes(table[c] for c in token)
+        """The raw bytes a token stands for (may be part of a UTF-8 character); b"" if unknown.
+        Kept once computed: streaming decodes every generated token through here."""
+        raw = self._bytes_of.get(token_id)
+        if raw is None:
+            if token_id in self._added_text:
+                raw = self._added_text[token_id].encode("utf-8")
+            else:
+                token = self._backend.id_to_token(token_id)
+                table = _byte_decoder()
+                raw = b"" if token is None else bytes(table[c] for c in token)
+            self._bytes_of[token_id] = raw
+        return raw
 
     def render_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
         """Render `messages` with this model's own chat template (see chat_template.render_chat)."""
