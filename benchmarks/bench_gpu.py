@@ -19,8 +19,12 @@ Our side runs a second time with the fp8 KV cache (kv_cache_dtype="fp8": half th
 that decode attention reads; --skip-fp8-kv leaves it out), reported in its own column.
 
 Prints a markdown table; writes gpu_<device>.json and .md under --out (default
-benchmarks/results). --micro adds kernel-level timings of our side (decode attention bandwidth
-for a few tile configurations, per-kernel profile of one eager decode step) to the JSON.
+benchmarks/results). --micro adds kernel-level timings of our side to the JSON: decode attention
+bandwidth per tile configuration (bf16 and fp8 caches), per-kernel profiles of an eager decode
+step at batch 1 and at batch 256, and decode graph replay times at several batch sizes and
+contexts. --profile-host runs our workload once more under cProfile and keeps the top functions.
+Each workload reports how long the host waited for the GPU: little waiting means the host's
+per-step work, not the GPU, sets the pace.
 """
 
 from __future__ import annotations
@@ -113,11 +117,14 @@ def run_ours(model_dir: Path, args) -> dict:
     llm.generate([random_prompt(16, i) for i in range(64)], warm)
     out["warmup_s"] = time.perf_counter() - t0
 
+    waited = _count_host_wait()
+
     # (b) batch-1 decode
     prompt = random_prompt(128, 1)
     params = SamplingParams(temperature=0, max_tokens=256, ignore_eos=True)
-    rates = []
+    rates, waits = [], []
     for _ in range(3):
+        waited[0] = 0.0
         start = time.perf_counter()
         first = None
         for o in llm.stream(prompt, params):
@@ -126,8 +133,10 @@ def run_ours(model_dir: Path, args) -> dict:
         end = time.perf_counter()
         n = len(o.outputs[0].token_ids)
         rates.append((n - 1) / (end - first))
+        waits.append(waited[0] / (end - start))
     out["decode_b1_tok_s"] = statistics.median(rates)
     out["decode_b1_runs"] = rates
+    out["decode_b1_host_wait_share"] = waits
 
     # (c) time to first token, 2,000-token prompt
     prompt = random_prompt(2000, 2)
@@ -146,17 +155,24 @@ def run_ours(model_dir: Path, args) -> dict:
     prompts, max_tokens = workload(args.num_requests)
     sps = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m) for m in max_tokens]
     counts = {"run": 0, "launch": 0}
+    run_seconds = [0.0]  # the synchronous steps (prefill and mixed), wall time
 
     def counted(name):
         inner = getattr(runner, name)
 
         def call(*a):
             counts[name] += 1
-            return inner(*a)
+            start = time.perf_counter()
+            try:
+                return inner(*a)
+            finally:
+                if name == "run":
+                    run_seconds[0] += time.perf_counter() - start
         return call
 
     runner.run, runner.launch = counted("run"), counted("launch")
     _sync()
+    waited[0] = 0.0
     start = time.perf_counter()
     outs = llm.generate(prompts, sps)
     elapsed = time.perf_counter() - start
@@ -164,12 +180,91 @@ def run_ours(model_dir: Path, args) -> dict:
     produced = sum(len(o.outputs[0].token_ids) for o in outs)
     assert produced == sum(max_tokens), (produced, sum(max_tokens))
     out["workload"] = dict(requests=len(prompts), output_tokens=produced, input_tokens=sum(map(len, prompts)),
-                           seconds=elapsed, steps=counts["run"] + counts["launch"], overlapped_steps=counts["launch"])
+                           seconds=elapsed, steps=counts["run"] + counts["launch"], overlapped_steps=counts["launch"],
+                           host_wait_s=waited[0], sync_step_s=run_seconds[0])
     out["workload_tok_s"] = produced / elapsed
+    if args.profile_host and args.side == "ours":
+        out["workload_host_profile"] = profile_host(llm, prompts, sps)
 
-    if args.micro and args.side == "ours":
-        out["micro"] = micro_ours(llm)
+    if args.micro:
+        out["micro"] = micro_ours(llm) if args.side == "ours" else {}
+        with torch.inference_mode():  # the cache and the graphs' buffers are inference tensors
+            out["micro"].update(micro_large_batch(llm))
     return out
+
+
+def profile_host(llm, prompts, params) -> dict:
+    """The workload once more under cProfile: where the host's time goes, by function (the
+    profiler slows Python a few times over, so the shares matter, not the seconds)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    llm.generate(prompts, params)
+    profiler.disable()
+    elapsed = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, ncalls, tottime, cumtime, callers)
+    rows = [dict(function=f"{Path(f).name}:{line}({name})", calls=nc, tottime=tt, cumtime=ct)
+            for (f, line, name), (_, nc, tt, ct, _) in stats.items()]
+    return dict(seconds=elapsed, by_tottime=sorted(rows, key=lambda r: -r["tottime"])[:40],
+                by_cumtime=sorted(rows, key=lambda r: -r["cumtime"])[:40])
+
+
+def _count_host_wait() -> list[float]:
+    """Seconds the host spends waiting for launched decode steps' tokens, accumulated in the
+    returned one-element list: near zero when the host is the bottleneck, most of the time when
+    the GPU is."""
+    from openqwen.engine import model_runner
+
+    waited = [0.0]
+    result = model_runner.PendingStep.result
+
+    def timed(self):
+        start = time.perf_counter()
+        try:
+            return result(self)
+        finally:
+            waited[0] += time.perf_counter() - start
+
+    model_runner.PendingStep.result = timed
+    return waited
+
+
+def micro_large_batch(llm) -> dict:
+    """The workload's regime: the decode graph of 256 rows replayed at a fixed context (random
+    cache contents), and one eager step's kernels at that size by device time."""
+    import torch
+    import triton.testing
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = llm.engine.runner
+    graphs, bs = runner.graphs, runner.block_size
+    res: dict = {}
+    for size, ctx_len in ((256, 256), (256, 512), (64, 1024), (256, 1024)):
+        per_seq = -(-ctx_len // bs)
+        used = size * per_seq
+        cache = runner.kv_cache[:, :, :used]
+        if runner.kv_scales is None:
+            cache.normal_()
+        else:
+            cache.view(torch.uint8).random_(0, 120)  # finite e4m3 values
+            runner.kv_scales[:, :, :used].fill_(1 / 64)
+        tables = torch.randperm(used).view(size, per_seq).tolist()
+        graphs.replay([1] * size, [ctx_len - 1] * size, [-1] * size, [ctx_len] * size, tables)
+        _sync()
+        ms = triton.testing.do_bench(lambda: graphs.graphs[size].replay(), warmup=10, rep=100, return_mode="median")
+        res[f"graph_replay_ms_b{size}_ctx{ctx_len}"] = ms
+    graphs._step(size)  # the last state set above: 256 rows at 1024
+    _sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        graphs._step(size)
+        _sync()
+    res[f"eager_decode_b{size}_ctx{ctx_len}_kernels"] = [
+        dict(name=evt.key[:90], calls=evt.count, total_us=evt.device_time_total)
+        for evt in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:15]]
+    return res
 
 
 def micro_ours(llm) -> dict:
@@ -201,6 +296,24 @@ def micro_ours(llm) -> dict:
         except Exception as exc:  # noqa: BLE001 (a config that fails to compile is skipped)
             configs.append(dict(block_n=block_n, num_warps=warps, num_stages=stages, error=repr(exc)[:200]))
     res["decode_attention_b256_ctx1024"] = configs
+    # the same with an fp8 cache: a byte per element plus a float scale per head row
+    k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
+    scales = (torch.ones(blocks, page, hkv, device="cuda"), torch.ones(blocks, page, hkv, device="cuda"))
+    nbytes8 = 2 * B * ctx * hkv * (d + 4)
+    configs = []
+    for block_n, warps, stages in ((64, 2, 2), (64, 4, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2)):
+        try:
+            ms = triton.testing.do_bench(lambda: ta.decode_attention(
+                q, k8, v8, tables, lens, d ** -0.5, 1, kv_scales=scales, block_n=block_n, num_warps=warps,
+                num_stages=stages), warmup=25, rep=100, return_mode="median")
+            configs.append(dict(block_n=block_n, num_warps=warps, num_stages=stages, ms=ms, gb_s=nbytes8 / ms / 1e6))
+        except Exception as exc:  # noqa: BLE001
+            configs.append(dict(block_n=block_n, num_warps=warps, num_stages=stages, error=repr(exc)[:200]))
+    res["decode_attention_fp8_b256_ctx1024"] = configs
+    ref = ta.decode_attention(q.float(), k8, v8, tables, lens, d ** -0.5, 1, kv_scales=scales)
+    got = ta.decode_attention(q, k8, v8, tables, lens, d ** -0.5, 1, kv_scales=scales).float()
+    res["decode_attention_fp8_rel_err_vs_fp32_math"] = ((got - ref).norm() / ref.norm()).item()
+    del k8, v8
     for B1, splits in ((1, 1), (1, 16), (8, 1), (8, 5)):
         ms = triton.testing.do_bench(lambda: ta.decode_attention(q[:B1], k, v, tables[:B1], lens[:B1], d ** -0.5, splits),
                                      warmup=25, rep=100, return_mode="median")
@@ -210,7 +323,7 @@ def micro_ours(llm) -> dict:
     from openqwen.engine import sampler as sm
     from openqwen.engine.sampling_params import SamplingParams as SP
     logits = torch.randn(256, 151936, device="cuda")
-    reqs = [sm.SampleRequest(SP(temperature=0.6), [], [], None) for _ in range(256)]
+    reqs = [sm.SampleRequest(SP(temperature=0.6), [], 0, None) for _ in range(256)]
     res["sampler_b256_triton_us"] = 1e3 * triton.testing.do_bench(
         lambda: sm._draw_triton(logits, reqs, [False] * 256, [0.6] * 256), warmup=10, rep=50, return_mode="median")
     res["sampler_b256_torch_us"] = 1e3 * triton.testing.do_bench(
@@ -345,7 +458,8 @@ def table(ours: dict, hf: dict, device: str, fp8: dict | None = None) -> str:
     if "workload" in ours:
         w = ours["workload"]
         lines += ["", f"openqwen workload: {w['output_tokens']:,} output tokens in {w['seconds']:.2f} s over {w['steps']} "
-                  f"steps, {w['overlapped_steps']} of them overlapped decode steps."]
+                  f"steps, {w['overlapped_steps']} of them overlapped decode steps; the host waited "
+                  f"{w.get('host_wait_s', 0):.2f} s of it for the GPU."]
     return "\n".join(lines)
 
 
@@ -359,6 +473,7 @@ def main() -> None:
     ap.add_argument("--hf-new-tokens", type=int, default=256)
     ap.add_argument("--hf-decode-tokens", type=int, default=64)
     ap.add_argument("--micro", action="store_true")
+    ap.add_argument("--profile-host", action="store_true", help="our workload once more under cProfile")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-fp8-kv", action="store_true")
     ap.add_argument("--side", choices=["ours", "ours_fp8", "transformers"], help=argparse.SUPPRESS)
@@ -391,8 +506,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--side", side, "--result", str(result_file), "--model-dir", str(model_dir),
                "--num-requests", str(args.num_requests), "--hf-batch", str(args.hf_batch),
                "--hf-new-tokens", str(args.hf_new_tokens), "--hf-decode-tokens", str(args.hf_decode_tokens)]
-        if args.micro:
-            cmd.append("--micro")
+        cmd += ["--micro"] * args.micro + ["--profile-host"] * args.profile_host
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=os.environ.copy())
         print(f"[{side}] exit {proc.returncode} after {time.perf_counter() - start:.0f} s", flush=True)

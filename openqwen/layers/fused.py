@@ -7,8 +7,8 @@ decode step is bound by how many kernels run (see `fused_ops` for the rest of th
 
 The GEMMs go through `linear`: at decode batch sizes (up to GEMV_MAX_M rows) a Triton GEMV, with the
 SwiGLU activation fused into its loads and launched with PDL (`pdl`); larger batches use cuBLAS. At
-one or two rows the decoder layer's add+RMSNorm moves into the GEMV that reads it too
-(`DeferredRMSNorm`): two kernels fewer per layer. Measured on an H100 at M = 1 for the Qwen3-0.6B
+one row the decoder layer's add+RMSNorm moves into the GEMV that reads it too (`DeferredRMSNorm`):
+two kernels fewer per layer. Measured on an H100 at M = 1 for the Qwen3-0.6B
 shapes, in a CUDA graph: 4.0 / 2.6 / 5.2 / 3.4 us for qkv / o / gate_up / down against cuBLAS's
 5.7 / 5.8 / 7.1 / 6.9 us, and 102 us against 112 us for the 151936-row output head. The model runner
 imports this module lazily, on the fast path only, so a CPU install needs no Triton.
@@ -173,11 +173,11 @@ def _gemv_fits(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
 
 
 # Rows up to which a norm is left to the GEMV. Every GEMV program reads all M input rows, and with
-# the norm inside it reads x and the residual instead of the normed rows: twice the input traffic
-# from L2, about 12 MB more per gate_up GEMV of the Qwen3-0.6B shapes at M = 8 (its weights are
-# 12.6 MB). At M <= 2 that is under 20% more L2 traffic against one kernel fewer on the step's
-# critical path. An estimate from these sizes, not yet measured on a GPU.
-NORM_IN_GEMV_MAX_M = 2
+# the norm inside it reads x and the residual instead of the normed rows: more input traffic from
+# L2 against one kernel fewer on the step's critical path. Measured on an H100 (decode graph
+# replay, Qwen3-0.6B shapes): at M = 1 834 us with the norm inside against 876 us with the norm
+# kernel; at M = 2 1,116 against 1,052. So one row only.
+NORM_IN_GEMV_MAX_M = 1
 
 
 def defer_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
