@@ -185,6 +185,8 @@ def run_ours(model_dir: Path, args) -> dict:
     out["workload_tok_s"] = produced / elapsed
     if args.profile_host and args.side == "ours":
         out["workload_host_profile"] = profile_host(llm, prompts, sps)
+        out["decode_b1_host_profile"] = profile_host(
+            llm, [random_prompt(128, 1)], [SamplingParams(temperature=0, max_tokens=1024, ignore_eos=True)])
 
     if args.micro:
         out["micro"] = micro_ours(llm) if args.side == "ours" else {}
