@@ -266,6 +266,24 @@ def micro_large_batch(llm) -> dict:
     res[f"eager_decode_b{size}_ctx{ctx_len}_kernels"] = [
         dict(name=evt.key[:90], calls=evt.count, total_us=evt.device_time_total)
         for evt in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:15]]
+
+    # Host time of one graph launch (the call alone): with the GPU idle, while the same graph is
+    # still running (overlapped decode at a steady batch size), and while another one is.
+    def launch_us(running, launched) -> float:
+        times = []
+        for _ in range(20):
+            _sync()
+            if running is not None:
+                running.replay()
+            start = time.perf_counter()
+            launched.replay()
+            times.append(time.perf_counter() - start)
+        _sync()
+        return 1e6 * statistics.median(times)
+
+    big, other = graphs.graphs[size], graphs.graphs[graphs.sizes[-2]]
+    res["graph_launch_host_us"] = dict(idle=launch_us(None, big), same_graph_running=launch_us(big, big),
+                                       other_graph_running=launch_us(other, big))
     return res
 
 

@@ -79,7 +79,8 @@ class _Track:
                     self.full_text = self.full_text[: at + (len(stop) if params.include_stop_str_in_output else 0)]
                     self.output.text = self.full_text
                     return stop
-        self.output.text = self.full_text[: len(self.full_text) - self._held_back()]
+        held_back = self._held_back() if params.stop else 0
+        self.output.text = self.full_text[: len(self.full_text) - held_back]
         return None
 
     def _held_back(self) -> int:
