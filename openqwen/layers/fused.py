@@ -8,10 +8,10 @@ decode step is bound by how many kernels run (see `fused_ops` for the rest of th
 The GEMMs go through `linear`: at decode batch sizes (up to GEMV_MAX_M rows) a Triton GEMV, with the
 SwiGLU activation fused into its loads and launched with PDL (`pdl`); larger batches use cuBLAS. At
 one row the decoder layer's add+RMSNorm moves into the GEMV that reads it too (`DeferredRMSNorm`):
-two kernels fewer per layer. Measured on an H100 at M = 1 for the Qwen3-0.6B
-shapes, in a CUDA graph: 4.0 / 2.6 / 5.2 / 3.4 us for qkv / o / gate_up / down against cuBLAS's
-5.7 / 5.8 / 7.1 / 6.9 us, and 102 us against 112 us for the 151936-row output head. The model runner
-imports this module lazily, on the fast path only, so a CPU install needs no Triton.
+two kernels fewer per layer. Measured on an H100 at M = 1 for the Qwen3-0.6B shapes, in a CUDA
+graph: 4.0 / 2.6 / 5.2 / 3.4 us for qkv / o / gate_up / down against cuBLAS's 5.7 / 5.8 / 7.1 /
+6.9 us, and 102 us against 112 us for the 151936-row output head. The model runner imports this
+module lazily, on the fast path only, so a CPU install needs no Triton.
 """
 
 from __future__ import annotations
