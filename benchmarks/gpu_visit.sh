@@ -37,7 +37,7 @@ step() {  # step NAME SECONDS CMD...: runs CMD with a time limit, log in $OUT/NA
 }
 
 mode=${1:-gpu}
-shift
+shift $(($# > 0))
 case $mode in
 bench)
     step bench 585 python3 benchmarks/bench_gpu.py --out "$OUT" "$@"
