@@ -22,10 +22,11 @@ import torch
 
 from ..layers.attention import fast_path
 from .sampling_params import SamplingParams
+from .sequence import TokenHistory
 
 
 @dataclass
-class SampleRequest:
+class SampleRequest(TokenHistory):
     """What the sampler needs of one sequence. `token_ids` is the sequence's own list (prompt, then
     output), read and never copied: a request is made for every sequence at every step, and most
     need no more of their history than its length."""
@@ -37,25 +38,13 @@ class SampleRequest:
     seed: int | None = None  # the same seed as an integer: the GPU kernel derives its noise from it
     eos_token_ids: frozenset[int] = frozenset()  # banned, with stop_token_ids, until min_tokens
 
-    @property
-    def prompt_token_ids(self) -> list[int]:
-        return self.token_ids[:self.num_prompt_tokens]
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
-
-    @property
-    def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
-
 
 def apply_logits_processors(logits: torch.Tensor, requests: list[SampleRequest]) -> None:
     """In place: user/grammar processors, then the min_tokens ban on EOS and stop tokens."""
     for row, req in enumerate(requests):
         for processor in req.params.logits_processors:
-            logits[row] = processor(req.output_token_ids, logits[row])
-        if req.num_output_tokens < req.params.min_tokens:
+            logits[row] = processor(req.completion_token_ids, logits[row])
+        if req.num_completion_tokens < req.params.min_tokens:
             banned = [t for t in (*req.eos_token_ids, *req.params.stop_token_ids) if 0 <= t < logits.shape[-1]]
             if banned:
                 logits[row, banned] = float("-inf")
@@ -77,11 +66,11 @@ def apply_penalties(logits: torch.Tensor, requests: list[SampleRequest]) -> None
             continue
         line = logits[row]
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(req.prompt_token_ids) | set(req.output_token_ids)), dtype=torch.long, device=line.device)
+            seen = torch.tensor(sorted(set(req.prompt_token_ids) | set(req.completion_token_ids)), dtype=torch.long, device=line.device)
             values = line[seen]
             line[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
-        if req.num_output_tokens and (p.presence_penalty or p.frequency_penalty):
-            ids, counts = torch.tensor(req.output_token_ids, device=line.device).unique(return_counts=True)
+        if req.num_completion_tokens and (p.presence_penalty or p.frequency_penalty):
+            ids, counts = torch.tensor(req.completion_token_ids, device=line.device).unique(return_counts=True)
             line[ids] -= p.presence_penalty + p.frequency_penalty * counts.to(line.dtype)
 
 
@@ -92,10 +81,10 @@ def moved_tokens(requests: list[SampleRequest]) -> list[int]:
     for req in requests:
         p = req.params
         if p.repetition_penalty != 1.0:
-            ids.update(req.prompt_token_ids, req.output_token_ids)
+            ids.update(req.prompt_token_ids, req.completion_token_ids)
         elif p.presence_penalty or p.frequency_penalty:
-            ids.update(req.output_token_ids)
-        if req.num_output_tokens < p.min_tokens:
+            ids.update(req.completion_token_ids)
+        if req.num_completion_tokens < p.min_tokens:
             ids.update(req.eos_token_ids, p.stop_token_ids)
     return sorted(ids)
 
@@ -273,7 +262,7 @@ def _draw_triton(scaled: torch.Tensor, requests: list[SampleRequest], greedy: li
 
     base = _noise_seeds.getrandbits(62)
     seeds = [
-        _row_key(r.seed, r.num_output_tokens) if r.seed is not None else base + row
+        _row_key(r.seed, r.num_completion_tokens) if r.seed is not None else base + row
         for row, r in enumerate(requests)
     ]
     temperatures = [0.0 if g else t for g, t in zip(greedy, temps)]

@@ -25,7 +25,28 @@ class SequenceStatus(Enum):
     FINISHED = auto()  # done; finish_reason says why, its blocks are released
 
 
-class Sequence:
+class TokenHistory:
+    """A prompt and the tokens generated after it, in one list: the first `num_prompt_tokens` of
+    `token_ids` are the prompt. Shared by `Sequence` and the sampler's per-row request, which reads
+    the sequence's list rather than copying it."""
+
+    token_ids: list[int]
+    num_prompt_tokens: int
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def completion_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+
+class Sequence(TokenHistory):
     """A prompt plus the tokens generated for it so far.
 
     Block size is a parameter of `num_blocks` rather than a class constant: it belongs to the
@@ -73,18 +94,6 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
-
-    @property
-    def num_completion_tokens(self) -> int:
-        return self.num_tokens - self.num_prompt_tokens
-
-    @property
-    def prompt_token_ids(self) -> list[int]:
-        return self.token_ids[: self.num_prompt_tokens]
-
-    @property
-    def completion_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
 
     @property
     def num_uncomputed_tokens(self) -> int:
