@@ -79,8 +79,7 @@ class _Track:
                     self.full_text = self.full_text[: at + (len(stop) if params.include_stop_str_in_output else 0)]
                     self.output.text = self.full_text
                     return stop
-        held_back = self._held_back() if params.stop else 0
-        self.output.text = self.full_text[: len(self.full_text) - held_back]
+        self.output.text = self.full_text[: len(self.full_text) - self._held_back()]
         return None
 
     def _held_back(self) -> int:
@@ -104,15 +103,10 @@ class _Request:
         self.request_id, self.prompt, self.prompt_ids, self.tracks = request_id, prompt, prompt_ids, tracks
 
     def output(self) -> RequestOutput:
-        tracks = self.tracks
-        if len(tracks) == 1:  # the common case, at every step of every request: no generators
-            track = tracks[0]
-            return RequestOutput(self.request_id, self.prompt, self.prompt_ids, [track.output],
-                                 track.output.finish_reason is not None, track.seq.num_cached_tokens)
         return RequestOutput(
-            self.request_id, self.prompt, self.prompt_ids, [t.output for t in tracks],
-            finished=all(t.output.finished for t in tracks),
-            num_cached_tokens=max(t.seq.num_cached_tokens for t in tracks),
+            self.request_id, self.prompt, self.prompt_ids, [t.output for t in self.tracks],
+            finished=all(t.output.finished for t in self.tracks),
+            num_cached_tokens=max(t.seq.num_cached_tokens for t in self.tracks),
         )
 
 

@@ -104,7 +104,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            num_new = min(seq.num_uncomputed_tokens, budget)
             while not bm.can_append(seq, num_new):
                 victim = self.running.pop()  # always after `seq`, so never already scheduled
                 self._preempt(victim)
@@ -141,7 +141,7 @@ class Scheduler:
     @staticmethod
     def _scheduled(seq: Sequence, num_new: int) -> ScheduledSeq:
         context_len = seq.num_computed_tokens + num_new
-        return ScheduledSeq(seq, num_new, context_len, context_len == len(seq.token_ids))
+        return ScheduledSeq(seq, num_new, context_len, needs_sample=context_len == seq.num_tokens)
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.deallocate(seq)
@@ -167,10 +167,9 @@ class Scheduler:
             self.block_manager.mark_computed(seq, s.num_new_tokens)
             if not s.needs_sample:
                 continue
-            tokens = seq.token_ids
-            placeholders.append((seq, len(tokens)))
-            tokens.append(PENDING_TOKEN)
-            if len(tokens) >= seq.max_num_tokens:
+            placeholders.append((seq, seq.num_tokens))
+            seq.append_token(PENDING_TOKEN)
+            if seq.num_tokens >= seq.max_num_tokens:
                 self.finish(seq, "length")
         return placeholders
 
@@ -190,13 +189,12 @@ class Scheduler:
     @staticmethod
     def _stop_reason(seq: Sequence) -> str | None:
         params = seq.sampling_params
-        num_tokens = len(seq.token_ids)
         token = seq.token_ids[-1]
         # Before min_tokens the sampler should mask EOS and stop tokens; this is the backstop.
-        if num_tokens - seq.num_prompt_tokens > params.min_tokens:
+        if seq.num_completion_tokens > params.min_tokens:
             if token in params.stop_token_ids or (not params.ignore_eos and token in seq.eos_token_ids):
                 return "stop"
-        if num_tokens >= seq.max_num_tokens:
+        if seq.num_tokens >= seq.max_num_tokens:
             return "length"
         return None
 
