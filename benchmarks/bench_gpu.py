@@ -312,33 +312,30 @@ def micro_ours(llm) -> dict:
     tables = torch.randperm(blocks, device="cuda", dtype=torch.int32).view(B, ctx // page)
     lens = torch.full((B,), ctx, device="cuda", dtype=torch.int32)
     q = torch.randn(B, H, d, device="cuda", dtype=torch.bfloat16)
-    nbytes = 2 * B * ctx * hkv * d * 2
     import triton.testing
 
-    configs = []
-    for block_n, warps, stages in ((32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3)):
-        try:
-            ms = triton.testing.do_bench(lambda: ta.decode_attention(
-                q, k, v, tables, lens, d ** -0.5, 1, block_n=block_n, num_warps=warps, num_stages=stages),
-                warmup=25, rep=100, return_mode="median")
-            configs.append(dict(block_n=block_n, num_warps=warps, num_stages=stages, ms=ms, gb_s=nbytes / ms / 1e6))
-        except Exception as exc:  # noqa: BLE001 (a config that fails to compile is skipped)
-            configs.append(dict(block_n=block_n, num_warps=warps, num_stages=stages, error=repr(exc)[:200]))
-    res["decode_attention_b256_ctx1024"] = configs
+    def sweep(k_cache, v_cache, kv_scales, nbytes, configs) -> list[dict]:
+        """Decode attention's median time and bandwidth per (block_n, warps, stages)."""
+        results = []
+        for block_n, warps, stages in configs:
+            config = dict(block_n=block_n, num_warps=warps, num_stages=stages)
+            try:
+                ms = triton.testing.do_bench(lambda: ta.decode_attention(
+                    q, k_cache, v_cache, tables, lens, d ** -0.5, 1, kv_scales=kv_scales, **config),
+                    warmup=25, rep=100, return_mode="median")
+                results.append(dict(config, ms=ms, gb_s=nbytes / ms / 1e6))
+            except Exception as exc:  # noqa: BLE001 (a config that fails to compile is skipped)
+                results.append(dict(config, error=repr(exc)[:200]))
+        return results
+
+    res["decode_attention_b256_ctx1024"] = sweep(
+        k, v, None, 2 * B * ctx * hkv * d * 2,
+        ((32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3)))
     # the same with an fp8 cache: a byte per element plus a float scale per head row
     k8, v8 = k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn)
     scales = (torch.ones(blocks, page, hkv, device="cuda"), torch.ones(blocks, page, hkv, device="cuda"))
-    nbytes8 = 2 * B * ctx * hkv * (d + 4)
-    configs = []
-    for block_n, warps, stages in ((64, 2, 2), (64, 4, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2)):
-        try:
-            ms = triton.testing.do_bench(lambda: ta.decode_attention(
-                q, k8, v8, tables, lens, d ** -0.5, 1, kv_scales=scales, block_n=block_n, num_warps=warps,
-                num_stages=stages), warmup=25, rep=100, return_mode="median")
-            configs.append(dict(block_n=block_n, num_warps=warps, num_stages=stages, ms=ms, gb_s=nbytes8 / ms / 1e6))
-        except Exception as exc:  # noqa: BLE001
-            configs.append(dict(block_n=block_n, num_warps=warps, num_stages=stages, error=repr(exc)[:200]))
-    res["decode_attention_fp8_b256_ctx1024"] = configs
+    res["decode_attention_fp8_b256_ctx1024"] = sweep(
+        k8, v8, scales, 2 * B * ctx * hkv * (d + 4), ((64, 2, 2), (64, 4, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2)))
     ref = ta.decode_attention(q.float(), k8, v8, tables, lens, d ** -0.5, 1, kv_scales=scales)
     got = ta.decode_attention(q, k8, v8, tables, lens, d ** -0.5, 1, kv_scales=scales).float()
     res["decode_attention_fp8_rel_err_vs_fp32_math"] = ((got - ref).norm() / ref.norm()).item()
